@@ -1,0 +1,184 @@
+"""LightningDataModule over one or several datasets in the project format.
+
+Training draws from the union of the datasets' train splits (optionally weighted per
+dataset); validation and test have one dataloader per dataset so metrics carry the
+dataset's name. Each item is resized to the model's input size; labels stay at the stored
+resolution so metrics compare against the labels as stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+
+from cellsam.data.format import SplitData, open_split, read_manifest
+from cellsam.data.transforms import AugmentConfig, augment, label_targets
+
+log = logging.getLogger(__name__)
+
+
+class CellSplitDataset(Dataset):
+    """Items of one split: `image` `[3, S, S]`, `label` `[H, W]` int64, targets, name, index."""
+
+    def __init__(
+        self,
+        data: SplitData,
+        name: str,
+        input_size: int,
+        augment_cfg: AugmentConfig | None = None,
+        indices: list[int] | None = None,
+    ) -> None:
+        self.data, self.name, self.input_size, self.augment_cfg = data, name, input_size, augment_cfg
+        self.indices = list(range(len(data))) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.indices[i]
+        image = torch.from_numpy(self.data.images[index].copy())
+        label = torch.from_numpy(self.data.labels[index, 0].astype("int64"))
+        if self.augment_cfg is not None:
+            image, label = augment(image, label, self.augment_cfg)
+        if image.shape[-1] != self.input_size:
+            image = F.interpolate(
+                image[None], size=(self.input_size,) * 2, mode="bilinear", antialias=True
+            )[0].clamp(0, 1)
+        return {"image": image, "label": label, "dataset": self.name, "index": index,
+                **label_targets(label)}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images `[B, 3, S, S]` and labels `[B, H, W]`; per-image targets stay a list."""
+    return {
+        "images": torch.stack([it["image"] for it in items]),
+        "labels": torch.stack([it["label"] for it in items]),
+        "targets": [
+            {"boxes": it["boxes"], "boxes_xyxy": it["boxes_xyxy"], "ids": it["ids"]} for it in items
+        ],
+        "dataset": [it["dataset"] for it in items],
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+
+
+class CellDataModule(L.LightningDataModule):
+    """Datasets from config: `datasets` maps name -> {path, weight, [generate]}.
+
+    An entry with `generate` (synthetic data) is generated into `path` on first use.
+    """
+
+    def __init__(
+        self,
+        datasets: Mapping[str, Mapping[str, Any]],
+        batch_size: int = 4,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        validate_on_open: bool = True,
+        max_objects: int | None = None,
+        augment: Mapping[str, Any] | None = None,
+        input_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if not datasets:
+            raise ValueError("data.datasets is empty: choose data=<name> or list datasets")
+        self.datasets = {k: dict(v) for k, v in datasets.items()}
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.validate_on_open, self.max_objects = validate_on_open, max_objects
+        self.augment_cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in (augment or {}).items()})
+        self.input_size = input_size
+        self.splits: dict[str, dict[str, CellSplitDataset]] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.datasets)
+
+    def prepare_data(self) -> None:
+        for entry in self.datasets.values():
+            if entry.get("generate"):
+                from cellsam.data.synthetic import ensure_synthetic
+
+                gen = dict(entry["generate"])
+                gen["cells"] = tuple(gen.get("cells", (8, 48)))
+                ensure_synthetic(entry["path"], **gen)
+
+    def _open(self, split: str, train: bool) -> dict[str, CellSplitDataset]:
+        out = {}
+        for name, entry in self.datasets.items():
+            path = Path(entry["path"])
+            if split not in read_manifest(path).get("splits", {}):
+                continue  # e.g. LIVECell has only a test split
+            data = open_split(path, split, validate=self.validate_on_open)
+            indices = None
+            if train and self.max_objects:
+                counts = _objects_per_image(data)
+                indices = [i for i, c in enumerate(counts) if c <= self.max_objects]
+                if len(indices) < len(data):
+                    log.info("%s/%s: %d images over max_objects=%d left out", name, split,
+                             len(data) - len(indices), self.max_objects)
+            out[name] = CellSplitDataset(
+                data, name, self.input_size, self.augment_cfg if train else None, indices
+            )
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.splits["train"] = self._open("train", train=True)
+            self.splits["val"] = self._open("val", train=False)
+        if stage in (None, "validate"):
+            self.splits["val"] = self._open("val", train=False)
+        if stage in (None, "test", "predict"):
+            self.splits["test"] = self._open("test", train=False)
+
+    def split_datasets(self, split: str) -> dict[str, CellSplitDataset]:
+        if split not in self.splits:
+            self.splits[split] = self._open(split, train=False)
+        return self.splits[split]
+
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=collate,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        parts = self.splits["train"]
+        if not parts:
+            raise ValueError(f"no dataset among {self.names} has a train split")
+        union = ConcatDataset(list(parts.values()))
+        weights = [float(self.datasets[n].get("weight", 1.0)) for n in parts]
+        sampler = None
+        if len(set(weights)) > 1:  # per-dataset weights: each item drawn with its set's weight
+            per_item = torch.cat([torch.full((len(d),), w / len(d)) for d, w in
+                                  zip(parts.values(), weights)])
+            sampler = WeightedRandomSampler(per_item, num_samples=len(union), replacement=True)
+        return self._loader(union, shuffle=True, sampler=sampler)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, shuffle=False) for d in self.split_datasets("val").values()]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, shuffle=False) for d in self.split_datasets("test").values()]
+
+
+def _objects_per_image(data: SplitData) -> list[int]:
+    counts = [0] * len(data)
+    for ann in data.coco.get("annotations", []):
+        counts[ann["image_id"]] += 1
+    return counts

@@ -1,0 +1,118 @@
+"""Training augmentation that moves image and label together, and target building.
+
+Works on torch tensors: image `[3, H, W]` float in [0, 1], label `[H, W]` int64. Geometric
+steps (flips, 90-degree rotations, zoom with crop/pad) are applied identically to both;
+photometric steps (gamma, noise, blur) touch the image only and keep empty channels empty.
+Random numbers come from torch's global generator, which Lightning seeds per worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from cellsam.ops.boxes import box_xyxy_to_cxcywh
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges; a probability of 0 (or `rot90=False`) switches a step off."""
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: bool = True
+    zoom: tuple[float, float] = (0.75, 1.33)
+    zoom_p: float = 0.5
+    gamma: tuple[float, float] = (0.7, 1.4)
+    gamma_p: float = 0.5
+    noise_std: float = 0.02
+    noise_p: float = 0.3
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    blur_p: float = 0.2
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand(()))
+
+
+def _chance(p: float) -> bool:
+    return p > 0 and float(torch.rand(())) < p
+
+
+def zoom_crop(image: torch.Tensor, label: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale by `factor` then randomly crop (zoom in) or zero-pad (zoom out) back to `[H, W]`."""
+    _, h, w = image.shape
+    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
+    img = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    lab = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+    out_img, out_lab = image.new_zeros(image.shape), label.new_zeros(label.shape)
+    if nh >= h:  # crop
+        y = int(torch.randint(0, nh - h + 1, ()))
+        x = int(torch.randint(0, nw - w + 1, ()))
+        return img[:, y : y + h, x : x + w].contiguous(), lab[y : y + h, x : x + w].contiguous()
+    y = int(torch.randint(0, h - nh + 1, ()))
+    x = int(torch.randint(0, w - nw + 1, ()))
+    out_img[:, y : y + nh, x : x + nw] = img
+    out_lab[y : y + nh, x : x + nw] = lab
+    return out_img, out_lab
+
+
+def augment(image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random augmentation of `image [3, H, W]` and `label [H, W]` (square inputs)."""
+    if _chance(cfg.hflip):
+        image, label = image.flip(-1), label.flip(-1)
+    if _chance(cfg.vflip):
+        image, label = image.flip(-2), label.flip(-2)
+    if cfg.rot90:
+        k = int(torch.randint(0, 4, ()))
+        image, label = torch.rot90(image, k, (-2, -1)), torch.rot90(label, k, (-2, -1))
+    if _chance(cfg.zoom_p):
+        image, label = zoom_crop(image, label, _uniform(*cfg.zoom))
+    present = image.flatten(1).amax(1) > 0  # channels with signal; blank ones stay blank
+    if _chance(cfg.gamma_p):
+        image = image.clamp_min(0) ** _uniform(*cfg.gamma)
+    if _chance(cfg.blur_p):
+        sigma = _uniform(*cfg.blur_sigma)
+        k = 2 * int(3 * sigma) + 1
+        image = gaussian_blur(image, [k, k], [sigma, sigma])
+    if _chance(cfg.noise_p):
+        image = image + cfg.noise_std * torch.randn_like(image)
+    image = (image * present[:, None, None]).clamp(0, 1)
+    return image.contiguous(), label.contiguous()
+
+
+def label_targets(label: torch.Tensor, min_size: int = 2) -> dict[str, torch.Tensor]:
+    """Detection targets of a label image `[H, W]`.
+
+    Returns `boxes` `[N, 4]` cxcywh normalised to [0, 1], `boxes_xyxy` `[N, 4]` label pixels
+    (x1/y1 exclusive) and `ids` `[N]`; objects narrower or shorter than `min_size` pixels
+    (slivers left by cropping) are left out.
+    """
+    h, w = label.shape
+    flat = label.flatten()
+    ids = torch.unique(flat)
+    ids = ids[ids > 0]
+    if ids.numel() == 0:
+        empty = torch.zeros((0, 4))
+        return {"boxes": empty, "boxes_xyxy": empty.clone(), "ids": ids.long()}
+    # One pass: per-id min/max of pixel coordinates via scatter reductions.
+    ys = torch.arange(h).repeat_interleave(w)
+    xs = torch.arange(w).repeat(h)
+    fg = flat > 0
+    lut = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
+    lut[ids] = torch.arange(len(ids))
+    idx = lut[flat[fg]]
+    n = len(ids)
+    big = max(h, w) + 1
+    x0 = torch.full((n,), big).scatter_reduce(0, idx, xs[fg], "amin")
+    y0 = torch.full((n,), big).scatter_reduce(0, idx, ys[fg], "amin")
+    x1 = torch.full((n,), -1).scatter_reduce(0, idx, xs[fg], "amax") + 1
+    y1 = torch.full((n,), -1).scatter_reduce(0, idx, ys[fg], "amax") + 1
+    xyxy = torch.stack([x0, y0, x1, y1], 1).float()
+    keep = ((x1 - x0) >= min_size) & ((y1 - y0) >= min_size)
+    xyxy, ids = xyxy[keep], ids[keep]
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    return {"boxes": box_xyxy_to_cxcywh(xyxy / scale), "boxes_xyxy": xyxy, "ids": ids.long()}

@@ -1,0 +1,44 @@
+"""Pieces both stages' LightningModules share: freezing and checkpoint metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from cellsam.models.cellsam import PARTS, CellSAM
+from cellsam.utils.checkpoint import META_KEY, make_meta
+
+
+def freeze_except(model: CellSAM, trainable: Iterable[str]) -> None:
+    """Set `requires_grad` so that only the named parts (see `PARTS`) train."""
+    trainable = list(trainable)
+    unknown = sorted(set(trainable) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown trainable parts {unknown}; choose from {list(PARTS)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for part in trainable:
+        for p in model.part_parameters(part):
+            p.requires_grad_(True)
+
+
+class CheckpointMetaMixin:
+    """Writes `checkpoint["cellsam"]`: stage, resolved config, datasets, best metric."""
+
+    stage: str
+    run_config: dict[str, Any]
+
+    def inference_settings(self) -> dict[str, Any]:
+        return dict(self.run_config.get("inference", {}) or {})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        best: dict[str, Any] = {}
+        callback = getattr(self.trainer, "checkpoint_callback", None)
+        if callback is not None and getattr(callback, "monitor", None):
+            score = callback.best_model_score
+            best = {"monitor": callback.monitor, "mode": callback.mode,
+                    "value": None if score is None else float(score),
+                    "path": callback.best_model_path}
+        meta = make_meta(self.stage, self.run_config, best, self.inference_settings())
+        meta["input_size"] = self.model.image_size
+        checkpoint[META_KEY] = meta

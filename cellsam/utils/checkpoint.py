@@ -1,0 +1,89 @@
+"""Self-describing checkpoints: what a stage saved and how to rebuild the model from it.
+
+A Lightning checkpoint of either stage carries, under `checkpoint["cellsam"]`, the stage,
+the full resolved run config, the dataset names, the best validation metric and the
+inference settings, so stage 2, evaluation and prediction need no extra arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cellsam.models.cellsam import CellSAM, build_cellsam
+
+META_KEY = "cellsam"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable, or not a cellsam checkpoint."""
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        # Lightning checkpoints hold optimiser state and plain metadata; the file is the
+        # user's own training output, so full unpickling is acceptable here.
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or META_KEY not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path}: not a cellsam training checkpoint (no '{META_KEY}' metadata); "
+            "official SAM weights go to model.sam.checkpoint instead"
+        )
+    return ckpt
+
+
+def model_state(ckpt: dict[str, Any], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """The CellSAM weights inside a Lightning state dict (the module keeps them at `model`)."""
+    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+
+
+def build_model_from_meta(meta: dict[str, Any]) -> CellSAM:
+    """Rebuild the architecture recorded in a checkpoint's metadata (weights not loaded)."""
+    cfg = dict(meta["model"])
+    cfg.pop("_target_", None)
+    cfg["sam"] = {**cfg["sam"], "checkpoint": None}  # weights come from the checkpoint
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "random ViT" warning does not apply here
+        return build_cellsam(**cfg)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"
+               ) -> tuple[CellSAM, dict[str, Any]]:
+    """CellSAM with the checkpoint's weights, and the checkpoint's metadata."""
+    ckpt = read_checkpoint(path, map_location)
+    meta = ckpt[META_KEY]
+    model = build_model_from_meta(meta)
+    missing, unexpected = model.load_state_dict(model_state(ckpt), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit the recorded model (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    return model, meta
+
+
+def make_meta(stage: str, run_config: dict[str, Any] | None, best: dict[str, Any] | None,
+              inference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata block a module writes into each checkpoint it saves."""
+    run_config = run_config or {}
+    data = run_config.get("data", {})
+    return {
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "model": run_config.get("model", {}),
+        "config": run_config,
+        "datasets": list(data.get("datasets", {})),
+        "input_size": None,
+        "best": best or {},
+        "inference": inference or {},
+    }

@@ -1,0 +1,31 @@
+"""OmegaConf resolvers used by the configs; registered by the entry points before composing."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from functools import lru_cache
+
+from omegaconf import OmegaConf
+
+
+@lru_cache(maxsize=1)
+def run_id() -> str:
+    """A name for this job's run folder, the same on every call within one process.
+
+    Under SLURM it is the job id (array job id and task id for arrays), so every rank of a
+    job agrees; elsewhere a timestamp with microseconds and the process id, so two runs
+    started in the same second never collide. (Lightning's DDP children get the parent's
+    folder passed explicitly, so they do not call this.)
+    """
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f") + f"_{os.getpid()}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cellsam_run_id"):
+        OmegaConf.register_new_resolver("cellsam_run_id", lambda: run_id())
