@@ -68,9 +68,12 @@ def prep_main() -> None:
     import importlib
 
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        print("usage: cellsam-prep <dataset> --src SRC --out OUT [options]\n"
-              "datasets: synthetic, pairs, tissuenet, deepbacs, brifiseg, cellpose, omnipose, "
-              "yeastnet, yeaz, dsb2018, livecell", file=sys.stderr)
+        print(
+            "usage: cellsam-prep <dataset> --src SRC --out OUT [options]\n"
+            "datasets: synthetic, pairs, tissuenet, deepbacs, brifiseg, cellpose, omnipose, "
+            "yeastnet, yeaz, dsb2018, livecell",
+            file=sys.stderr,
+        )
         sys.exit(2)
     module = importlib.import_module(f"data_prep.{sys.argv[1]}")
     sys.exit(module.main(sys.argv[2:]))

@@ -48,6 +48,12 @@ def tiny_model():
         warnings.simplefilter("ignore")
         return build_cellsam(
             sam={"variant": "tiny", "checkpoint": None},
-            finder={"hidden_dim": 32, "ffn_dim": 64, "num_heads": 4, "num_encoder_layers": 1,
-                    "num_decoder_layers": 2, "num_queries": 64},
+            finder={
+                "hidden_dim": 32,
+                "ffn_dim": 64,
+                "num_heads": 4,
+                "num_encoder_layers": 1,
+                "num_decoder_layers": 2,
+                "num_queries": 64,
+            },
         )

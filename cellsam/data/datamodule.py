@@ -21,6 +21,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomS
 from cellsam.data.format import SplitData, open_split, read_manifest
 from cellsam.data.transforms import AugmentConfig, augment, label_targets
 
+try:  # a train loader that Lightning can checkpoint mid-epoch (exact resume of the position)
+    from torchdata.stateful_dataloader import StatefulDataLoader as TrainLoader
+except ImportError:  # pragma: no cover - torchdata missing: resumes restart the epoch's order
+    TrainLoader = DataLoader
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +40,12 @@ class CellSplitDataset(Dataset):
         augment_cfg: AugmentConfig | None = None,
         indices: list[int] | None = None,
     ) -> None:
-        self.data, self.name, self.input_size, self.augment_cfg = data, name, input_size, augment_cfg
+        self.data, self.name, self.input_size, self.augment_cfg = (
+            data,
+            name,
+            input_size,
+            augment_cfg,
+        )
         self.indices = list(range(len(data))) if indices is None else indices
 
     def __len__(self) -> int:
@@ -51,8 +61,13 @@ class CellSplitDataset(Dataset):
             image = F.interpolate(
                 image[None], size=(self.input_size,) * 2, mode="bilinear", antialias=True
             )[0].clamp(0, 1)
-        return {"image": image, "label": label, "dataset": self.name, "index": index,
-                **label_targets(label)}
+        return {
+            "image": image,
+            "label": label,
+            "dataset": self.name,
+            "index": index,
+            **label_targets(label),
+        }
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -93,8 +108,9 @@ class CellDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.validate_on_open, self.max_objects = validate_on_open, max_objects
-        self.augment_cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                            for k, v in (augment or {}).items()})
+        self.augment_cfg = AugmentConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in (augment or {}).items()}
+        )
         self.input_size = input_size
         self.splits: dict[str, dict[str, CellSplitDataset]] = {}
 
@@ -123,8 +139,13 @@ class CellDataModule(L.LightningDataModule):
                 counts = _objects_per_image(data)
                 indices = [i for i, c in enumerate(counts) if c <= self.max_objects]
                 if len(indices) < len(data):
-                    log.info("%s/%s: %d images over max_objects=%d left out", name, split,
-                             len(data) - len(indices), self.max_objects)
+                    log.info(
+                        "%s/%s: %d images over max_objects=%d left out",
+                        name,
+                        split,
+                        len(data) - len(indices),
+                        self.max_objects,
+                    )
             out[name] = CellSplitDataset(
                 data, name, self.input_size, self.augment_cfg if train else None, indices
             )
@@ -144,8 +165,8 @@ class CellDataModule(L.LightningDataModule):
             self.splits[split] = self._open(split, train=False)
         return self.splits[split]
 
-    def _loader(self, dataset: Dataset, shuffle: bool, sampler=None) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler=None, cls=DataLoader) -> DataLoader:
+        return cls(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle and sampler is None,
@@ -165,10 +186,11 @@ class CellDataModule(L.LightningDataModule):
         weights = [float(self.datasets[n].get("weight", 1.0)) for n in parts]
         sampler = None
         if len(set(weights)) > 1:  # per-dataset weights: each item drawn with its set's weight
-            per_item = torch.cat([torch.full((len(d),), w / len(d)) for d, w in
-                                  zip(parts.values(), weights)])
+            per_item = torch.cat(
+                [torch.full((len(d),), w / len(d)) for d, w in zip(parts.values(), weights)]
+            )
             sampler = WeightedRandomSampler(per_item, num_samples=len(union), replacement=True)
-        return self._loader(union, shuffle=True, sampler=sampler)
+        return self._loader(union, shuffle=True, sampler=sampler, cls=TrainLoader)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(d, shuffle=False) for d in self.split_datasets("val").values()]

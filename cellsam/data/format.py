@@ -105,7 +105,9 @@ class SplitWriter:
         self.dataset_dir = Path(self.dataset_dir)
         self.dir = self.dataset_dir / self.split
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._images = _NpyStreamWriter(self.dir / IMAGES_FILE, (3, self.size, self.size), np.float32)
+        self._images = _NpyStreamWriter(
+            self.dir / IMAGES_FILE, (3, self.size, self.size), np.float32
+        )
         self._labels = _NpyStreamWriter(self.dir / LABELS_FILE, (1, self.size, self.size), np.int32)
         self._annotations: list[dict] = []
         self._coco_images: list[dict] = []
@@ -114,9 +116,13 @@ class SplitWriter:
         index = self._images.count
         where = f"{self.dir} item {index} ({name})"
         if image.shape != (3, self.size, self.size):
-            raise DatasetFormatError(f"{where}: image shape {image.shape}, want (3, {self.size}, {self.size})")
+            raise DatasetFormatError(
+                f"{where}: image shape {image.shape}, want (3, {self.size}, {self.size})"
+            )
         if label.shape[-2:] != (self.size, self.size):
-            raise DatasetFormatError(f"{where}: label shape {label.shape}, want ({self.size}, {self.size})")
+            raise DatasetFormatError(
+                f"{where}: label shape {label.shape}, want ({self.size}, {self.size})"
+            )
         if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
             raise DatasetFormatError(f"{where}: image values must be finite and in [0, 1]")
         if image[2].max() <= 0:
@@ -126,7 +132,9 @@ class SplitWriter:
         self._images.append(image)
         self._labels.append(label[None])
         self._annotations.extend(anns)
-        self._coco_images.append({"id": index, "file_name": name, "height": self.size, "width": self.size})
+        self._coco_images.append(
+            {"id": index, "file_name": name, "height": self.size, "width": self.size}
+        )
         self.names.append(name)
         self.sources.append(source or name)
         self.n_objects += len(anns)

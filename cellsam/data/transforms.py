@@ -42,7 +42,9 @@ def _chance(p: float) -> bool:
     return p > 0 and float(torch.rand(())) < p
 
 
-def zoom_crop(image: torch.Tensor, label: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+def zoom_crop(
+    image: torch.Tensor, label: torch.Tensor, factor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale by `factor` then randomly crop (zoom in) or zero-pad (zoom out) back to `[H, W]`."""
     _, h, w = image.shape
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
@@ -60,7 +62,9 @@ def zoom_crop(image: torch.Tensor, label: torch.Tensor, factor: float) -> tuple[
     return out_img, out_lab
 
 
-def augment(image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One random augmentation of `image [3, H, W]` and `label [H, W]` (square inputs)."""
     if _chance(cfg.hflip):
         image, label = image.flip(-1), label.flip(-1)

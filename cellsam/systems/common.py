@@ -36,9 +36,12 @@ class CheckpointMetaMixin:
         callback = getattr(self.trainer, "checkpoint_callback", None)
         if callback is not None and getattr(callback, "monitor", None):
             score = callback.best_model_score
-            best = {"monitor": callback.monitor, "mode": callback.mode,
-                    "value": None if score is None else float(score),
-                    "path": callback.best_model_path}
+            best = {
+                "monitor": callback.monitor,
+                "mode": callback.mode,
+                "value": None if score is None else float(score),
+                "path": callback.best_model_path,
+            }
         meta = make_meta(self.stage, self.run_config, best, self.inference_settings())
         meta["input_size"] = self.model.image_size
         checkpoint[META_KEY] = meta

@@ -79,11 +79,16 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         ]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, hp.lr_drop, hp.lr_drop_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
     # -- validation -----------------------------------------------------------------------
     @torch.no_grad()
-    def detections(self, images: torch.Tensor, height: int, width: int) -> list[dict[str, torch.Tensor]]:
+    def detections(
+        self, images: torch.Tensor, height: int, width: int
+    ) -> list[dict[str, torch.Tensor]]:
         """Scored boxes per image: `boxes` `[Q, 4]` xyxy pixels of an `height x width` label,
         `scores` `[Q]` (every query; the evaluators cap at 10,000 per image)."""
         out = self.model.detect(images)
@@ -92,18 +97,22 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         scores = out["pred_logits"].float().sigmoid()[..., 0]
         return [{"boxes": b.cpu(), "scores": s.cpu()} for b, s in zip(boxes, scores)]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         h, w = batch["labels"].shape[-2:]
         dets = self.detections(batch["images"], h, w)
         for i, det in enumerate(dets):
-            self._val_records.append({
-                "dataset": batch["dataset"][i],
-                "index": int(batch["index"][i]),
-                "gt_boxes": batch["targets"][i]["boxes_xyxy"].numpy(),
-                "boxes": det["boxes"].numpy(),
-                "scores": det["scores"].numpy(),
-                "size": (int(h), int(w)),
-            })
+            self._val_records.append(
+                {
+                    "dataset": batch["dataset"][i],
+                    "index": int(batch["index"][i]),
+                    "gt_boxes": batch["targets"][i]["boxes_xyxy"].numpy(),
+                    "boxes": det["boxes"].numpy(),
+                    "scores": det["scores"].numpy(),
+                    "size": (int(h), int(w)),
+                }
+            )
 
     def on_validation_epoch_end(self) -> None:
         records = gather_records(self._val_records)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cellsam.utils.checkpoint import build_model_from_meta, model_state, read_checkpoint
@@ -27,11 +27,26 @@ def _model_and_config(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
         model = build_model_from_meta(meta)
         model.load_state_dict(model_state(ckpt))
         if run_config["model"] != meta["model"]:
-            log.info("stage=sam: model settings taken from %s (model=... is ignored)", cfg.finder_ckpt)
+            log.info(
+                "stage=sam: model settings taken from %s (model=... is ignored)", cfg.finder_ckpt
+            )
         run_config["model"] = meta["model"]
         log.info("loaded stage-1 weights from %s", cfg.finder_ckpt)
         return model, run_config
     return instantiate(cfg.model, _convert_="all"), run_config
+
+
+def build_module(
+    module_cfg: DictConfig, model: Any, run_config: dict[str, Any]
+) -> L.LightningModule:
+    """The stage's LightningModule from its `_target_` config.
+
+    Not `instantiate(..., run_config=...)`: Hydra would try to instantiate the `_target_`
+    entries inside the run config it is handed.
+    """
+    kwargs = OmegaConf.to_container(module_cfg, resolve=True)
+    cls = get_class(kwargs.pop("_target_"))
+    return cls(model=model, run_config=run_config, **kwargs)
 
 
 def resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -50,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     model, run_config = _model_and_config(cfg)
     datamodule = instantiate(cfg.data, input_size=model.image_size, _convert_="all")
-    module = instantiate(cfg.stage.module, model=model, run_config=run_config, _convert_="all")
+    module = build_module(cfg.stage.module, model, run_config)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

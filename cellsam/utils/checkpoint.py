@@ -42,7 +42,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def model_state(ckpt: dict[str, Any], prefix: str = "model.") -> dict[str, torch.Tensor]:
     """The CellSAM weights inside a Lightning state dict (the module keeps them at `model`)."""
-    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 
 def build_model_from_meta(meta: dict[str, Any]) -> CellSAM:
@@ -57,8 +57,9 @@ def build_model_from_meta(meta: dict[str, Any]) -> CellSAM:
         return build_cellsam(**cfg)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu"
-               ) -> tuple[CellSAM, dict[str, Any]]:
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[CellSAM, dict[str, Any]]:
     """CellSAM with the checkpoint's weights, and the checkpoint's metadata."""
     ckpt = read_checkpoint(path, map_location)
     meta = ckpt[META_KEY]
@@ -72,8 +73,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
     return model, meta
 
 
-def make_meta(stage: str, run_config: dict[str, Any] | None, best: dict[str, Any] | None,
-              inference: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_meta(
+    stage: str,
+    run_config: dict[str, Any] | None,
+    best: dict[str, Any] | None,
+    inference: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The metadata block a module writes into each checkpoint it saves."""
     run_config = run_config or {}
     data = run_config.get("data", {})

@@ -21,8 +21,9 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def gather_records(records: list[dict[str, Any]], key: tuple[str, ...] = ("dataset", "index")
-                   ) -> list[dict[str, Any]]:
+def gather_records(
+    records: list[dict[str, Any]], key: tuple[str, ...] = ("dataset", "index")
+) -> list[dict[str, Any]]:
     """All ranks' per-image records on every rank, each image once.
 
     The distributed sampler pads the last batch with repeated images; dropping repeats by

@@ -28,4 +28,6 @@ def run_id() -> str:
 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("cellsam_run_id"):
-        OmegaConf.register_new_resolver("cellsam_run_id", lambda: run_id())
+        # use_cache: the value is stored in the config itself, so the jobs of a sweep that a
+        # launcher runs in other processes (submitit) get the folder the sweep chose.
+        OmegaConf.register_new_resolver("cellsam_run_id", lambda: run_id(), use_cache=True)

@@ -16,11 +16,33 @@ from typing import Any
 import torch
 
 RUN_INFO = "run_info.json"
-PACKAGES = ("cellsam", "torch", "torchvision", "lightning", "hydra-core", "omegaconf",
-            "segment-anything", "numpy", "scipy", "scikit-image", "pycocotools",
-            "faster-coco-eval", "hydra-submitit-launcher", "submitit", "wandb")
-SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME",
-              "SLURM_NNODES", "SLURM_NTASKS", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
+PACKAGES = (
+    "cellsam",
+    "torch",
+    "torchvision",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "segment-anything",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "pycocotools",
+    "faster-coco-eval",
+    "hydra-submitit-launcher",
+    "submitit",
+    "wandb",
+)
+SLURM_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_NAME",
+    "SLURM_NNODES",
+    "SLURM_NTASKS",
+    "SLURM_JOB_NODELIST",
+    "SLURM_RESTART_COUNT",
+)
 
 
 def _now() -> str:
@@ -29,10 +51,12 @@ def _now() -> str:
 
 def git_state(repo: Path) -> dict[str, Any]:
     """Commit hash and whether the work tree has uncommitted changes (None outside git)."""
+
     def run(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                                 timeout=10, check=True)
+            out = subprocess.run(
+                ["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+            )
             return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None

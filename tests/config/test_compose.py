@@ -27,8 +27,11 @@ def _resolve(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
-    out = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
-           else cfg[k] for k in cfg if k not in ("hydra", "paths")}
+    out = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k not in ("hydra", "paths")
+    }
     out["hydra"] = {"run": {"dir": cfg.hydra.run.dir}}
     return out
 
@@ -105,8 +108,9 @@ def test_slurm_run_id(monkeypatch):
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
 @pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb"])
 def test_trainer_and_logger_options(trainer, logger, tmp_path):
-    cfg = _resolve(_compose("train", [f"trainer={trainer}", f"logger={logger}",
-                                      f"hydra.run.dir={tmp_path}"]))
+    cfg = _resolve(
+        _compose("train", [f"trainer={trainer}", f"logger={logger}", f"hydra.run.dir={tmp_path}"])
+    )
     assert "csv" in cfg["logger"]  # CSV always
     if logger == "wandb":
         assert cfg["logger"]["wandb"]["offline"] is True
@@ -121,9 +125,13 @@ def test_cli_prints_composed_config():
     import sys
 
     root = CONF.parent
-    out = subprocess.run([sys.executable, str(root / "train.py"), "--cfg", "job",
-                          "stage=finder", "data=synthetic"], capture_output=True, text=True,
-                         cwd=root, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(root / "train.py"), "--cfg", "job", "stage=finder", "data=synthetic"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     job = OmegaConf.create(out.stdout)
     assert job.stage.name == "finder"

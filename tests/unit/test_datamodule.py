@@ -10,8 +10,9 @@ from cellsam.data.datamodule import CellDataModule, collate
 from cellsam.data.format import write_dataset
 from cellsam.data.transforms import AugmentConfig, augment, label_targets, zoom_crop
 
-GEOMETRIC = AugmentConfig(hflip=0.5, vflip=0.5, rot90=True, zoom_p=0.0, gamma_p=0.0,
-                          noise_p=0.0, blur_p=0.0)
+GEOMETRIC = AugmentConfig(
+    hflip=0.5, vflip=0.5, rot90=True, zoom_p=0.0, gamma_p=0.0, noise_p=0.0, blur_p=0.0
+)
 
 
 def _hand_made() -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,18 +96,35 @@ def two_datasets(tmp_path):
         return image, label, f"im{k}", f"im{k}"
 
     for name, n in (("a", 2), ("b", 4)):
-        write_dataset(tmp_path / name, {"train": [sample(k, n) for k in range(3)],
-                                        "val": [sample(k, n) for k in range(2)]},
-                      name=name, source="", licence="", converter="t", converter_version="0")
+        write_dataset(
+            tmp_path / name,
+            {"train": [sample(k, n) for k in range(3)], "val": [sample(k, n) for k in range(2)]},
+            name=name,
+            source="",
+            licence="",
+            converter="t",
+            converter_version="0",
+        )
     return tmp_path
 
 
 def test_datamodule_union_per_dataset_loaders_and_resizing(two_datasets):
     dm = CellDataModule(
-        {"a": {"path": str(two_datasets / "a")}, "b": {"path": str(two_datasets / "b"), "weight": 3.0}},
-        batch_size=2, num_workers=0, augment={"hflip": 0, "vflip": 0, "rot90": False,
-                                              "zoom_p": 0, "gamma_p": 0, "noise_p": 0,
-                                              "blur_p": 0},
+        {
+            "a": {"path": str(two_datasets / "a")},
+            "b": {"path": str(two_datasets / "b"), "weight": 3.0},
+        },
+        batch_size=2,
+        num_workers=0,
+        augment={
+            "hflip": 0,
+            "vflip": 0,
+            "rot90": False,
+            "zoom_p": 0,
+            "gamma_p": 0,
+            "noise_p": 0,
+            "blur_p": 0,
+        },
         input_size=256,
     )
     dm.setup("fit")
@@ -124,8 +142,9 @@ def test_datamodule_union_per_dataset_loaders_and_resizing(two_datasets):
     vb = next(iter(vals[1]))
     assert vb["dataset"] == ["b", "b"] and vb["index"].tolist() == [0, 1]
     assert [len(t["boxes"]) for t in vb["targets"]] == [4, 4]
-    assert torch.allclose(vb["targets"][0]["boxes"][0],
-                          torch.tensor([45 / 512, 40 / 512, 30 / 512, 40 / 512]))
+    assert torch.allclose(
+        vb["targets"][0]["boxes"][0], torch.tensor([45 / 512, 40 / 512, 30 / 512, 40 / 512])
+    )
 
 
 def test_collate_variable_counts():
@@ -134,8 +153,15 @@ def test_collate_variable_counts():
         label = torch.zeros(32, 32, dtype=torch.long)
         for i in range(n):
             label[2 + 8 * i : 6 + 8 * i, 4:9] = i + 1
-        items.append({"image": torch.zeros(3, 32, 32), "label": label, "dataset": "x",
-                      "index": n, **label_targets(label)})
+        items.append(
+            {
+                "image": torch.zeros(3, 32, 32),
+                "label": label,
+                "dataset": "x",
+                "index": n,
+                **label_targets(label),
+            }
+        )
     batch = collate(items)
     assert [len(t["boxes"]) for t in batch["targets"]] == [0, 3]
     assert batch["index"].tolist() == [0, 3]

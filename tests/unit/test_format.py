@@ -34,8 +34,15 @@ def _write(root, n_train=2, n_val=1):
         "train": [(*_sample(i), f"img{i}", f"src{i}") for i in range(n_train)],
         "val": [(*_sample(10 + i, n=2), f"val{i}", f"vsrc{i}") for i in range(n_val)],
     }
-    return write_dataset(root, splits, name="toy", source="hand-made", licence="CC0",
-                         converter="tests", converter_version="1")
+    return write_dataset(
+        root,
+        splits,
+        name="toy",
+        source="hand-made",
+        licence="CC0",
+        converter="tests",
+        converter_version="1",
+    )
 
 
 def test_round_trip(tmp_path):
@@ -51,8 +58,11 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(data.images[1], image)
     np.testing.assert_array_equal(data.labels[1, 0], label)
     anns = [a for a in data.coco["annotations"] if a["image_id"] == 0]
-    assert [a["bbox"] for a in anns] == [[30.0, 40.0, 20.0, 30.0], [130.0, 160.0, 20.0, 30.0],
-                                         [230.0, 280.0, 20.0, 30.0]]
+    assert [a["bbox"] for a in anns] == [
+        [30.0, 40.0, 20.0, 30.0],
+        [130.0, 160.0, 20.0, 30.0],
+        [230.0, 280.0, 20.0, 30.0],
+    ]
     assert all(a["area"] == 600 for a in anns)
     assert data.coco["categories"] == [{"id": 1, "name": "cell"}]
     verify_checksums(tmp_path / "toy")
@@ -158,8 +168,15 @@ def test_writer_rejects_bad_items_and_cleans_up(tmp_path):
             w.add(image * 2, label, "x")
     with SplitWriter(tmp_path / "f", "train") as w:
         pass
-    manifest = write_manifest(tmp_path / "f", name="f", source="", licence="", converter="",
-                              converter_version="", splits={"train": w.summary})
+    manifest = write_manifest(
+        tmp_path / "f",
+        name="f",
+        source="",
+        licence="",
+        converter="",
+        converter_version="",
+        splits={"train": w.summary},
+    )
     assert manifest["splits"]["train"]["n_images"] == 0
     assert open_split(tmp_path / "f", "train").images.shape == (0, 3, 512, 512)
     assert json.loads((tmp_path / "f" / "manifest.json").read_text())["name"] == "f"

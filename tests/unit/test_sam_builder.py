@@ -55,7 +55,9 @@ def test_checkpoint_round_trip(tmp_path):
     torch.save(a.state_dict(), path)  # plain state dict, as the official files are
     torch.manual_seed(1)
     b = _tiny()
-    assert not torch.equal(a.image_encoder.patch_embed.proj.weight, b.image_encoder.patch_embed.proj.weight)
+    assert not torch.equal(
+        a.image_encoder.patch_embed.proj.weight, b.image_encoder.patch_embed.proj.weight
+    )
     load_sam_checkpoint(b, path)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)

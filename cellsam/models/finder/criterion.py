@@ -1,0 +1,159 @@
+"""Set-prediction losses for CellFinder (sigmoid focal, L1 and GIoU on Hungarian matches)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cellsam.models.finder.matcher import HungarianMatcher
+from cellsam.ops.boxes import box_cxcywh_to_xyxy, paired_generalized_box_iou
+
+__all__ = ["LOSS_NAMES", "SetCriterion", "sigmoid_focal_loss"]
+
+LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
+_AUX_SUFFIX = re.compile(r"_\d+$")
+
+
+def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Losses are sums over thousands of queries: never accumulate them in bf16/fp16.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Element-wise sigmoid focal loss (Lin et al. 2017), unreduced.
+
+    Args:
+        logits: ``[...]`` raw scores.
+        targets: ``[...]`` same shape, 1 for a cell, 0 for background.
+        alpha: weight of positives (``1 - alpha`` for negatives); negative to disable.
+        gamma: focusing exponent.
+
+    Returns:
+        ``[...]`` ``-alpha_t (1 - p_t)^gamma log(p_t)``, in float32 (float64 for float64
+        logits).
+    """
+    logits = logits.to(_loss_dtype(logits.dtype))
+    targets = targets.to(logits)
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t).pow(gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+class SetCriterion(nn.Module):
+    """DETR-style losses on the final and every auxiliary decoder output.
+
+    Each layer's output is matched to the targets on its own (as DETR does). All terms are
+    divided by ``num_boxes``, which the caller supplies (the training system all-reduces it
+    across processes and clamps it to >= 1), so this module has no distributed logic.
+
+    Terms (unweighted): ``loss_ce`` focal loss summed over all queries of the batch,
+    ``loss_bbox`` L1 over matched cxcywh pairs, ``loss_giou`` ``1 - GIoU`` over matched
+    pairs; aux layer ``i`` adds ``loss_ce_i``, ``loss_bbox_i``, ``loss_giou_i``. A batch
+    without any cell still gets a classification loss (all queries pushed to background)
+    and box terms that are zero but attached to the graph.
+    """
+
+    def __init__(
+        self,
+        matcher: HungarianMatcher,
+        weight_dict: dict[str, float],
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        unknown = set(weight_dict) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"unknown loss names {sorted(unknown)}; expected {LOSS_NAMES}")
+        self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def layer_losses(
+        self,
+        outputs: dict,
+        targets: list[dict],
+        indices: list[tuple[Tensor, Tensor]],
+        num_boxes: float | Tensor,
+    ) -> dict[str, Tensor]:
+        """Losses of one decoder layer given its matching.
+
+        Args:
+            outputs: ``{"pred_logits": [B, Q, 1], "pred_boxes": [B, Q, 4]}``.
+            targets: B dicts with ``"boxes": [N_i, 4]`` cxcywh.
+            indices: B tuples ``(query_idx [K_i], target_idx [K_i])`` from the matcher.
+            num_boxes: normaliser (scalar).
+
+        Returns:
+            ``{"loss_ce", "loss_bbox", "loss_giou"}`` scalar float32 tensors.
+        """
+        logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        device = logits.device
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(
+            device
+        )
+        query_idx = torch.cat([src for src, _ in indices]).to(device)
+        target_boxes = torch.cat(
+            [t["boxes"].to(device)[tgt.to(device)] for t, (_, tgt) in zip(targets, indices)]
+        ).to(_loss_dtype(pred_boxes.dtype))
+
+        labels = torch.zeros(logits.shape, dtype=torch.float32, device=device)  # [B, Q, 1]
+        labels[batch_idx, query_idx, 0] = 1.0
+        focal = sigmoid_focal_loss(logits, labels, self.focal_alpha, self.focal_gamma)
+        loss_ce = focal.sum() / num_boxes
+
+        # [K, 4]; with K = 0 the sums below are 0 but still part of the graph.
+        matched = pred_boxes[batch_idx, query_idx].to(target_boxes.dtype)
+        loss_bbox = F.l1_loss(matched, target_boxes, reduction="none").sum() / num_boxes
+        giou = paired_generalized_box_iou(
+            box_cxcywh_to_xyxy(matched), box_cxcywh_to_xyxy(target_boxes)
+        )
+        loss_giou = (1 - giou).sum() / num_boxes
+        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    def forward(
+        self, outputs: dict, targets: list[dict], num_boxes: float | Tensor
+    ) -> dict[str, Tensor]:
+        """
+        Args:
+            outputs: CellFinder output (``pred_logits [B, Q, 1]``, ``pred_boxes [B, Q, 4]``,
+                optional ``aux_outputs`` list of the same).
+            targets: B dicts with ``"boxes": [N_i, 4]`` cxcywh normalised.
+            num_boxes: average number of cells per process, already clamped to >= 1.
+
+        Returns:
+            Unweighted scalar terms: ``loss_ce``, ``loss_bbox``, ``loss_giou`` and
+            ``loss_ce_i``, ``loss_bbox_i``, ``loss_giou_i`` for aux layer i.
+        """
+        layers = [outputs, *outputs.get("aux_outputs", [])]
+        # Every layer is matched on its own, as in DETR; all at once for speed.
+        indices = self.matcher.match_layers(layers, targets)
+        losses = self.layer_losses(outputs, targets, indices[0], num_boxes)
+        for i, (aux, aux_indices) in enumerate(zip(layers[1:], indices[1:])):
+            terms = self.layer_losses(aux, targets, aux_indices, num_boxes)
+            losses.update({f"{name}_{i}": value for name, value in terms.items()})
+        return losses
+
+    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
+        """``sum(weight_dict[base(name)] * term)``; aux terms share their base's weight.
+
+        Terms whose base name is not in ``weight_dict`` count with weight 0 (so leaving a
+        name out of the config switches that loss off).
+        """
+        total = None
+        for name, value in losses.items():
+            weight = self.weight_dict.get(_AUX_SUFFIX.sub("", name))
+            if weight is None:
+                continue
+            term = weight * value
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError(f"no loss term has a weight: {sorted(losses)}")
+        return total
