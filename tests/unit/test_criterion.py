@@ -1,0 +1,148 @@
+"""SetCriterion: each loss term on hand-made cases with values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from cellsam.models.finder.criterion import SetCriterion, sigmoid_focal_loss
+from cellsam.models.finder.matcher import HungarianMatcher
+
+WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def _focal_pos(logit: float) -> float:
+    p = _sigmoid(logit)
+    return 0.25 * (1 - p) ** 2 * -math.log(p)
+
+
+def _focal_neg(logit: float) -> float:
+    p = _sigmoid(logit)
+    return 0.75 * p**2 * -math.log(1 - p)
+
+
+def _two_query_case(requires_grad: bool = False) -> tuple[dict, list[dict]]:
+    # Query 0 sits near the target and is confident; query 1 is far away.
+    logits = torch.tensor([[[2.0], [-1.0]]], requires_grad=requires_grad)
+    boxes = torch.tensor(
+        [[[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]], requires_grad=requires_grad
+    )
+    targets = [{"boxes": torch.tensor([[0.55, 0.5, 0.2, 0.2]])}]
+    return {"pred_logits": logits, "pred_boxes": boxes, "aux_outputs": []}, targets
+
+
+def test_losses_two_queries_one_target_by_hand() -> None:
+    outputs, targets = _two_query_case()
+    losses = SetCriterion(HungarianMatcher(), WEIGHTS)(outputs, targets, num_boxes=1.0)
+    assert set(losses) == {"loss_ce", "loss_bbox", "loss_giou"}
+    # Query 0 is matched (positive), query 1 is background.
+    assert losses["loss_ce"].item() == pytest.approx(_focal_pos(2.0) + _focal_neg(-1.0), rel=1e-5)
+    # |0.5 - 0.55| on cx only.
+    assert losses["loss_bbox"].item() == pytest.approx(0.05, abs=1e-6)
+    # xyxy [0.4,0.4,0.6,0.6] vs [0.45,0.4,0.65,0.6]: IoU 0.03/0.05 = 0.6, enclosing = union.
+    assert losses["loss_giou"].item() == pytest.approx(0.4, abs=1e-6)
+
+
+def test_losses_are_divided_by_num_boxes() -> None:
+    outputs, targets = _two_query_case()
+    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    one = criterion(outputs, targets, num_boxes=1.0)
+    four = criterion(outputs, targets, num_boxes=torch.tensor(4.0))
+    for name in one:
+        assert four[name].item() == pytest.approx(one[name].item() / 4, rel=1e-6)
+
+
+def test_aux_terms_and_weighted_total() -> None:
+    outputs, targets = _two_query_case()
+    # An aux layer whose best query is the other one: matched by its own matching.
+    aux = {key: outputs[key].flip(1) for key in ("pred_logits", "pred_boxes")}
+    outputs["aux_outputs"] = [aux, aux]
+    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    losses = criterion(outputs, targets, num_boxes=1.0)
+    assert set(losses) == {f"{n}{s}" for n in WEIGHTS for s in ("", "_0", "_1")}
+    for name in WEIGHTS:
+        assert losses[f"{name}_0"].item() == pytest.approx(losses[name].item(), rel=1e-6)
+    expected = sum(WEIGHTS[n] * losses[f"{n}{s}"].item() for n in WEIGHTS for s in ("", "_0", "_1"))
+    assert criterion.weighted_total(losses).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_weighted_total_skips_terms_without_weight() -> None:
+    outputs, targets = _two_query_case()
+    criterion = SetCriterion(HungarianMatcher(), {"loss_ce": 2.0})
+    losses = criterion(outputs, targets, num_boxes=1.0)
+    assert criterion.weighted_total(losses).item() == pytest.approx(2 * losses["loss_ce"].item())
+
+
+def test_unknown_weight_name_raises() -> None:
+    with pytest.raises(ValueError, match="loss_dice"):
+        SetCriterion(HungarianMatcher(), {"loss_dice": 1.0})
+
+
+def test_no_targets_pushes_everything_to_background() -> None:
+    outputs, _ = _two_query_case(requires_grad=True)
+    empty = [{"boxes": torch.zeros(0, 4)}]
+    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    losses = criterion(outputs, empty, num_boxes=1.0)
+    assert losses["loss_ce"].item() == pytest.approx(_focal_neg(2.0) + _focal_neg(-1.0), rel=1e-5)
+    assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0
+    assert losses["loss_bbox"].requires_grad and losses["loss_giou"].requires_grad
+    criterion.weighted_total(losses).backward()
+    logits_grad = outputs["pred_logits"].grad
+    assert (logits_grad > 0).all()  # gradient descent lowers every score
+    assert torch.equal(outputs["pred_boxes"].grad, torch.zeros_like(outputs["pred_boxes"]))
+
+
+def test_batch_mixing_empty_and_non_empty_images() -> None:
+    outputs, targets = _two_query_case()
+    batch = {
+        "pred_logits": outputs["pred_logits"].repeat(2, 1, 1),
+        "pred_boxes": outputs["pred_boxes"].repeat(2, 1, 1),
+    }
+    losses = SetCriterion(HungarianMatcher(), WEIGHTS)(
+        batch, [targets[0], {"boxes": torch.zeros(0, 4)}], num_boxes=1.0
+    )
+    expected_ce = _focal_pos(2.0) + _focal_neg(-1.0) + _focal_neg(2.0) + _focal_neg(-1.0)
+    assert losses["loss_ce"].item() == pytest.approx(expected_ce, rel=1e-5)
+    assert losses["loss_bbox"].item() == pytest.approx(0.05, abs=1e-6)
+    assert losses["loss_giou"].item() == pytest.approx(0.4, abs=1e-6)
+
+
+def test_sigmoid_focal_loss_matches_torchvision() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, 1, generator=g) * 3
+    labels = (torch.rand(3, 50, 1, generator=g) > 0.8).float()
+    ours = sigmoid_focal_loss(logits, labels, alpha=0.25, gamma=2.0)
+    ref = torchvision.ops.sigmoid_focal_loss(logits, labels, alpha=0.25, gamma=2.0)
+    torch.testing.assert_close(ours, ref)
+
+
+def test_bf16_inputs_give_float32_losses() -> None:
+    outputs, targets = _two_query_case()
+    outputs = {
+        "pred_logits": outputs["pred_logits"].bfloat16(),
+        "pred_boxes": outputs["pred_boxes"].bfloat16(),
+    }
+    losses = SetCriterion(HungarianMatcher(), WEIGHTS)(outputs, targets, num_boxes=1.0)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_gradcheck_float64() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 4, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    boxes = (torch.rand(1, 4, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2).requires_grad_()
+    targets = [{"boxes": torch.rand(2, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2}]
+    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+
+    def total(lg: torch.Tensor, bx: torch.Tensor) -> torch.Tensor:
+        losses = criterion({"pred_logits": lg, "pred_boxes": bx}, targets, num_boxes=2.0)
+        assert all(v.dtype == torch.float64 for v in losses.values())
+        return criterion.weighted_total(losses)
+
+    assert torch.autograd.gradcheck(total, (logits, boxes))
