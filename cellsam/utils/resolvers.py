@@ -26,7 +26,19 @@ def run_id() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f") + f"_{os.getpid()}"
 
 
+def folder_name(choice: object, datasets: object = None) -> str:
+    """The data choice as a folder name. `data=[a,b]` (which Hydra records as no single
+    choice) gives the dataset names joined: `a+b`."""
+    if isinstance(choice, str):
+        return choice.replace("/", "-")
+    if datasets:
+        return "+".join(str(name) for name in datasets)
+    return "none"
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cellsam_name"):
+        OmegaConf.register_new_resolver("cellsam_name", folder_name)
     if not OmegaConf.has_resolver("cellsam_run_id"):
         # use_cache: the value is stored in the config itself, so the jobs of a sweep that a
         # launcher runs in other processes (submitit) get the folder the sweep chose.

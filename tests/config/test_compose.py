@@ -137,3 +137,10 @@ def test_cli_prints_composed_config():
     assert job.stage.name == "finder"
     assert job.model._target_ == "cellsam.models.cellsam.build_cellsam"
     assert "synthetic" in job.data.datasets
+
+
+def test_several_datasets_compose_and_name_the_run_dir():
+    cfg = _compose("eval", ["data=[dsb2018,cellpose]", "ckpt=x"])
+    out = _resolve(cfg)
+    assert list(out["data"]["datasets"]) == ["dsb2018", "cellpose"]
+    assert "/eval/dsb2018+cellpose/" in out["hydra"]["run"]["dir"]
