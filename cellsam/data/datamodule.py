@@ -16,9 +16,10 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from cellsam.data.format import SplitData, open_split, read_manifest
+from cellsam.data.samplers import WeightedSampler, shuffle_sampler
 from cellsam.data.transforms import AugmentConfig, augment, label_targets
 
 try:  # a train loader that Lightning can checkpoint mid-epoch (exact resume of the position)
@@ -165,12 +166,14 @@ class CellDataModule(L.LightningDataModule):
             self.splits[split] = self._open(split, train=False)
         return self.splits[split]
 
-    def _loader(self, dataset: Dataset, shuffle: bool, sampler=None, cls=DataLoader) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler=None, cls=DataLoader,
+                generator: torch.Generator | None = None) -> DataLoader:
         return cls(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
+            generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
@@ -184,13 +187,19 @@ class CellDataModule(L.LightningDataModule):
             raise ValueError(f"no dataset among {self.names} has a train split")
         union = ConcatDataset(list(parts.values()))
         weights = [float(self.datasets[n].get("weight", 1.0)) for n in parts]
-        sampler = None
+        # Order from (seed, epoch) only, kept out of the global random numbers that the
+        # augmentations use: exact resume mid-epoch and at epoch starts, also under DDP (see
+        # cellsam/data/samplers.py). The loader's generator seeds the workers.
+        seed = torch.initial_seed() % 2**31  # the run's seed (seed_everything)
         if len(set(weights)) > 1:  # per-dataset weights: each item drawn with its set's weight
             per_item = torch.cat(
                 [torch.full((len(d),), w / len(d)) for d, w in zip(parts.values(), weights)]
             )
-            sampler = WeightedRandomSampler(per_item, num_samples=len(union), replacement=True)
-        return self._loader(union, shuffle=True, sampler=sampler, cls=TrainLoader)
+            sampler = WeightedSampler(union, per_item, seed)
+        else:
+            sampler = shuffle_sampler(union, seed)
+        return self._loader(union, shuffle=False, sampler=sampler, cls=TrainLoader,
+                            generator=torch.Generator().manual_seed(seed))
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(d, shuffle=False) for d in self.split_datasets("val").values()]

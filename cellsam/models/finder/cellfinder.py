@@ -50,6 +50,7 @@ class CellFinder(nn.Module):
         num_queries: int = 3500,
         num_patterns: int = 1,
         dropout: float = 0.0,
+        position_init_gain: float = 1.0,
         prior_prob: float = 0.01,
         aux_loss: bool = True,
     ) -> None:
@@ -70,6 +71,7 @@ class CellFinder(nn.Module):
             num_queries=num_queries,
             num_patterns=num_patterns,
             dropout=dropout,
+            position_init_gain=position_init_gain,
         )
         self.class_embed = nn.Linear(hidden_dim, 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, num_layers=3)

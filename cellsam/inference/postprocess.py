@@ -1,0 +1,268 @@
+"""Inference settings, the box-score threshold, per-cell mask clean-up and label composition.
+
+Everything here is numpy/scipy on single-cell mask *crops*: a cell is stored as its mask
+inside a small window of the image (`Cell`), never as a full-size image, so that 1000 cells
+of a large image cost memory in proportion to their own size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+OVERLAP_RULES = ("score", "release", "argmax")
+TILING_MODES = ("auto", "always", "never")
+DECODERS = ("fast", "standard")
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Thresholds, post-processing, batching, tiling and preprocessing of the predictor.
+
+    Presets (REFERENCE section 3): `paper` (box 0.4, IoU 0.4, mask 0.5, argmax overlaps) and
+    `release` (box 0.4 adjusted by k-means, IoU 0.5, mask 0.4, lower-scored mask wins).
+    """
+
+    box_threshold: float = 0.4
+    kmeans_adjust: bool = False  # 0.66 * box_threshold + 0.33 * mean of 2-means centres
+    iou_threshold: float = 0.4  # drop masks whose predicted IoU is below this (< 0: keep all)
+    mask_threshold: float = 0.5  # on sigmoid(mask logit)
+    min_area: int = 25  # pixels, at the original image resolution
+    fill_holes: bool = True
+    remove_islands: bool = True  # keep the largest connected component
+    overlap: str = "argmax"  # score | release | argmax (see `compose_labels`)
+    box_batch_size: int = 64  # box prompts decoded together
+    decoder: str = "fast"  # fast | standard (same masks; see cellsam.inference.decode)
+    max_detections: int | None = None  # keep at most this many boxes (highest scores)
+    # Masks are upsampled only inside the box grown by this fraction of its size (+2 px);
+    # pixels further out count as background. null: whole image (exact, slow, memory-heavy).
+    mask_margin: float | None = 0.5
+    tiling: str = "auto"  # auto: tile images whose larger side exceeds tile_limit
+    tile_limit: int = 1024
+    tile_size: int = 512
+    tile_overlap: float = 0.25  # fraction of tile_size shared by neighbouring tiles
+    tile_batch_size: int = 4  # tiles through the ViT together
+    percentile: float = 99.9
+    clahe: bool = True
+    clahe_kernel: int = 128
+    preset: str = field(default="paper", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.overlap not in OVERLAP_RULES:
+            raise ValueError(f"overlap rule {self.overlap!r}: choose from {OVERLAP_RULES}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder {self.decoder!r}: choose from {DECODERS}")
+        if self.tiling not in TILING_MODES:
+            raise ValueError(f"tiling {self.tiling!r}: choose from {TILING_MODES}")
+        if not 0.0 <= self.box_threshold <= 1.0:
+            raise ValueError(f"box_threshold must be in [0, 1], got {self.box_threshold}")
+        if not self.iou_threshold <= 1.0:  # predicted IoU is unbounded: negative keeps all
+            raise ValueError(f"iou_threshold must be <= 1, got {self.iou_threshold}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if self.box_batch_size < 1 or self.tile_batch_size < 1:
+            raise ValueError("box_batch_size and tile_batch_size must be >= 1")
+        if not 0.0 <= self.tile_overlap < 0.5:
+            raise ValueError(f"tile_overlap must be in [0, 0.5), got {self.tile_overlap}")
+
+    @property
+    def mask_logit_threshold(self) -> float:
+        """`sigmoid(x) > t` <=> `x > log(t / (1 - t))`: threshold logits, no sigmoid needed."""
+        t = self.mask_threshold
+        return math.log(t / (1.0 - t))
+
+    @classmethod
+    def from_preset(cls, name: str = "paper", **overrides: Any) -> InferenceSettings:
+        """A preset's settings with keyword overrides (unknown keys raise `TypeError`)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown inference preset {name!r}; choose from {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, **overrides: Any) -> InferenceSettings:
+        """Settings from a config block (e.g. a checkpoint's `meta["inference"]`).
+
+        Starts from the block's `preset` (default `paper`); keys that are not settings
+        (comments, future fields) are ignored so old checkpoints keep loading.
+        """
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        base = {k: v for k, v in values.items() if k in known and k != "preset"}
+        return cls.from_preset(str(values.get("preset", "paper")), **{**base, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, InferenceSettings] = {
+    "paper": InferenceSettings(),
+    "release": InferenceSettings(
+        kmeans_adjust=True, iou_threshold=0.5, mask_threshold=0.4, overlap="release",
+        preset="release",
+    ),
+}
+
+
+# -- box scores ---------------------------------------------------------------------------------
+def two_means_1d(values: np.ndarray, iterations: int = 100) -> tuple[float, float]:
+    """Centres (low, high) of a 2-cluster k-means on 1-D `values` `[N]`.
+
+    Deterministic (no random start): the centres start at the minimum and the maximum, then
+    Lloyd iterations run until the split stops moving. In 1-D the optimal clusters are two
+    intervals, so this converges to the split a seeded library k-means finds.
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    if v.size == 0:
+        raise ValueError("two_means_1d needs at least one value")
+    lo, hi = float(v[0]), float(v[-1])
+    if lo == hi:
+        return lo, hi
+    for _ in range(iterations):
+        split = int(np.searchsorted(v, 0.5 * (lo + hi), side="right"))
+        split = min(max(split, 1), v.size - 1)  # both clusters non-empty
+        new_lo, new_hi = float(v[:split].mean()), float(v[split:].mean())
+        if new_lo == lo and new_hi == hi:
+            break
+        lo, hi = new_lo, new_hi
+    return lo, hi
+
+
+def score_threshold(scores: np.ndarray, settings: InferenceSettings) -> float:
+    """The box-score threshold for one image's scores `[Q]` (all queries).
+
+    With `kmeans_adjust` (released package): `0.66 * t + 0.33 * mean(centres)`, where the
+    centres are those of a 2-means on the scores, so an image whose scores are all high or
+    all low moves the threshold towards its own gap between cells and background.
+    """
+    t = float(settings.box_threshold)
+    if not settings.kmeans_adjust or np.size(scores) < 2:
+        return t
+    lo, hi = two_means_1d(scores)
+    return 0.66 * t + 0.33 * 0.5 * (lo + hi)
+
+
+# -- single cells ---------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    """One predicted cell: `mask` `[h, w]` bool at image rows `y0:y0+h`, columns `x0:x0+w`.
+
+    `logits` `[h, w]` (mask logits on the same window) is kept only for the argmax overlap
+    rule; `box` is the prompt box (xyxy image pixels), `score` the box score, `iou` SAM's
+    predicted IoU.
+    """
+
+    y0: int
+    x0: int
+    mask: np.ndarray
+    score: float
+    iou: float
+    box: np.ndarray
+    logits: np.ndarray | None = None
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """Window (y0, x0, y1, x1) of the stored crop, exclusive ends."""
+        h, w = self.mask.shape
+        return self.y0, self.x0, self.y0 + h, self.x0 + w
+
+    def tighten(self) -> Cell | None:
+        """The same cell with its crop cut to the mask's bounding box (None if empty)."""
+        rows, cols = np.flatnonzero(self.mask.any(1)), np.flatnonzero(self.mask.any(0))
+        if rows.size == 0:
+            return None
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        logits = None if self.logits is None else self.logits[r0:r1, c0:c1]
+        return replace(self, y0=self.y0 + int(r0), x0=self.x0 + int(c0),
+                       mask=self.mask[r0:r1, c0:c1], logits=logits)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 8-connected component of `mask` `[h, w]`."""
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(sizes.argmax())
+
+
+def clean_mask(mask: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+    """Post-process one cell's mask `[h, w]`: keep the largest island, then fill its holes.
+
+    Island removal first, so that a ring-shaped fragment of another cell cannot become a
+    filled disc; the result is empty when under `min_area`.
+    """
+    if settings.remove_islands:
+        mask = largest_component(mask)
+    if settings.fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    if mask.sum() < settings.min_area:
+        return np.zeros_like(mask)
+    return mask
+
+
+def postprocess_cells(cells: list[Cell], settings: InferenceSettings) -> list[Cell]:
+    """Clean every cell's mask (see `clean_mask`); drop empty ones; tighten crops."""
+    out = []
+    for cell in cells:
+        cell.mask = clean_mask(cell.mask, settings)
+        tight = cell.tighten()
+        if tight is not None:
+            out.append(tight)
+    return out
+
+
+# -- label composition -----------------------------------------------------------------------------
+def label_dtype(n: int) -> type:
+    """uint16 up to 65535 objects, else uint32."""
+    return np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+
+
+def compose_labels(cells: list[Cell], shape: tuple[int, int], rule: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Paint cells into one label image `[H, W]`; returns it and the kept cells' indices.
+
+    Overlap rules: `score` paints in increasing score order (the highest score wins),
+    `release` in decreasing score order (the lower-scored mask wins, as the released code);
+    `argmax` gives each pixel to the covering cell with the largest mask logit (the paper's
+    argmax over the cell dimension, restricted to pixels some mask covers). Cells left with
+    no pixel are dropped; ids are 1..N in the order of the returned indices (input order),
+    so `labels == k + 1` is cell `kept[k]`. Ties in score keep input order (stable sort).
+    """
+    if rule not in OVERLAP_RULES:
+        raise ValueError(f"overlap rule {rule!r}: choose from {OVERLAP_RULES}")
+    n = len(cells)
+    owner = np.zeros(shape, dtype=np.int64)  # 1-based index into `cells`
+    scores = np.array([c.score for c in cells], dtype=np.float64)
+    if rule == "argmax":
+        best = np.full(shape, -np.inf, dtype=np.float32)
+        for i, c in enumerate(cells):
+            if c.logits is None:
+                raise ValueError("overlap rule 'argmax' needs per-cell mask logits")
+            y0, x0, y1, x1 = c.bbox
+            win_best, win_owner = best[y0:y1, x0:x1], owner[y0:y1, x0:x1]
+            # strict '>' keeps the earlier cell on exact ties, so the result is order-stable
+            take = c.mask & (c.logits > win_best)
+            win_best[take] = c.logits[take]
+            win_owner[take] = i + 1
+    else:
+        order = np.argsort(scores if rule == "score" else -scores, kind="stable")
+        for i in order:
+            c = cells[i]
+            y0, x0, y1, x1 = c.bbox
+            owner[y0:y1, x0:x1][c.mask] = i + 1
+    present = np.zeros(n + 1, dtype=bool)
+    present[np.unique(owner)] = True
+    present[0] = False
+    kept = np.flatnonzero(present[1:])
+    lut = np.zeros(n + 1, dtype=np.int64)
+    lut[kept + 1] = np.arange(1, kept.size + 1)
+    return lut[owner].astype(label_dtype(kept.size)), kept

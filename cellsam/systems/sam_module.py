@@ -1,0 +1,235 @@
+"""Stage 2: SAM's neck (by default) trained with ground-truth boxes as prompts.
+
+The ViT trunk stays frozen so CellFinder, which reads the same trunk, keeps working; the
+prompt encoder and mask decoder keep SAM's weights. Which parts train is the config list
+`trainable` (any of `trunk`, `neck`, `prompt_encoder`, `mask_decoder`), so decoder or
+whole-SAM fine-tuning needs no new code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cellsam.models.cellsam import CellSAM
+from cellsam.systems.common import CheckpointMetaMixin, freeze_except
+from cellsam.utils.distributed import all_reduce_mean, gather_records
+
+STAGE2_PARTS = ("trunk", "neck", "prompt_encoder", "mask_decoder")
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25,
+                       gamma: float = 2.0) -> Tensor:
+    """Per-mask mean focal loss: logits, targets `[K, H, W]` -> `[K]` (SAM: alpha .25, gamma 2)."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss.flatten(1).mean(1)
+
+
+def dice_loss(logits: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
+    """Per-mask soft Dice loss: `[K, H, W]` -> `[K]`."""
+    p = logits.sigmoid().flatten(1)
+    t = targets.flatten(1)
+    return 1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
+
+
+def mask_iou(pred: Tensor, target: Tensor) -> Tensor:
+    """IoU of boolean masks `[K, H, W]` -> `[K]` (1 when both are empty)."""
+    pred, target = pred.flatten(1), target.flatten(1)
+    inter = (pred & target).sum(1).float()
+    union = (pred | target).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def jitter_boxes(boxes: Tensor, std: float, size: int, generator: torch.Generator | None = None
+                 ) -> Tensor:
+    """Move each corner of `[K, 4]` xyxy boxes by Gaussian noise of `std` x the box's width
+    (x) or height (y); clamp to `[0, size]` and keep at least 1 px per side."""
+    if std <= 0 or boxes.numel() == 0:
+        return boxes
+    wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    noise = torch.randn(boxes.shape, generator=generator, device=boxes.device) * std * wh
+    out = (boxes + noise).clamp(0, size)
+    x0, x1 = torch.minimum(out[:, 0], out[:, 2]), torch.maximum(out[:, 0], out[:, 2])
+    y0, y1 = torch.minimum(out[:, 1], out[:, 3]), torch.maximum(out[:, 1], out[:, 3])
+    x1, y1 = torch.maximum(x1, x0 + 1), torch.maximum(y1, y0 + 1)
+    return torch.stack([x0, y0, x1, y1], 1)
+
+
+class SamModule(CheckpointMetaMixin, L.LightningModule):
+    """Mask loss as in SAM (focal + dice, 20:1) plus MSE on the predicted IoU.
+
+    At most `max_boxes_per_image` ground-truth boxes per image per step (random subset)
+    bound the decoder's memory; `box_jitter` adds corner noise. Validation decodes every
+    ground-truth box without jitter and logs the mean mask IoU over cells per dataset
+    (`val/<dataset>/mask_iou`) and over all cells (`val/all/mask_iou`).
+    """
+
+    stage = "sam"
+
+    def __init__(
+        self,
+        model: CellSAM,
+        trainable: Sequence[str] = ("neck",),
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        max_boxes_per_image: int = 32,
+        box_jitter: float = 0.05,
+        loss_weights: Mapping[str, float] | None = None,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        val_box_batch: int = 64,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "run_config"])
+        self.model = model
+        self.run_config = dict(run_config or {})
+        trainable = list(trainable)
+        bad = sorted(set(trainable) - set(STAGE2_PARTS))
+        if bad:
+            # CellFinder has no loss in this stage: its weights would never change, and DDP
+            # refuses parameters that get no gradient.
+            raise ValueError(f"stage 2 cannot train {bad}; choose from {list(STAGE2_PARTS)}")
+        if not trainable:
+            raise ValueError("stage 2: `trainable` is empty, nothing would train")
+        freeze_except(model, trainable)
+        if "prompt_encoder" in trainable:
+            # Box prompts use only the two corner embeddings and the no-mask embedding; the
+            # point, padding and mask-input weights get no gradient (DDP would stop on them).
+            pe = model.sam.prompt_encoder
+            for p in [*pe.point_embeddings[0].parameters(), *pe.point_embeddings[1].parameters(),
+                      *pe.not_a_point_embed.parameters(), *pe.mask_downscaling.parameters()]:
+                p.requires_grad_(False)
+        self.weights = dict(loss_weights or {"mask_focal": 20.0, "mask_dice": 1.0, "iou_mse": 1.0})
+        self._val_records: list[dict[str, Any]] = []
+
+    # -- shared ---------------------------------------------------------------------------------
+    def embeddings(self, images: Tensor) -> Tensor:
+        """Images `[B, 3, S, S]` -> SAM image embeddings `[B, P, h, w]`; no graph through a
+        frozen trunk (saves the ViT's activations)."""
+        train_trunk = "trunk" in self.hparams.trainable and self.training
+        with torch.set_grad_enabled(train_trunk and torch.is_grad_enabled()):
+            features = self.model.trunk(images)
+        return self.model.embed(features)
+
+    def _input_boxes(self, boxes_xyxy: Tensor, label_hw: tuple[int, int]) -> Tensor:
+        """Label-pixel boxes `[K, 4]` -> model-input pixels (the input is the label resized)."""
+        s = self.model.image_size
+        h, w = label_hw
+        scale = torch.tensor([s / w, s / h, s / w, s / h], device=self.device)
+        return boxes_xyxy.to(self.device).float() * scale
+
+    def _decode_to_labels(self, embedding: Tensor, boxes: Tensor, label_hw: tuple[int, int]
+                          ) -> tuple[Tensor, Tensor]:
+        """Mask logits at label resolution `[K, H, W]` and predicted IoU `[K]`.
+
+        The loss compares upsampled logits with the masks as stored rather than shrinking the
+        masks to the low-res grid (128 px for the tiny model): thin cells (bacteria 2-3 px
+        wide) would vanish or shift there, and inference thresholds these same upsampled
+        logits, so training optimises what is evaluated.
+        """
+        low, iou = self.model.decode(embedding, boxes)
+        logits = F.interpolate(low[:, None].float(), size=label_hw, mode="bilinear",
+                               align_corners=False)[:, 0]
+        return logits, iou.float()
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        emb = self.embeddings(batch["images"])
+        labels = batch["labels"].to(self.device)
+        label_hw = tuple(labels.shape[-2:])
+        focal, dice, iou_mse = [], [], []
+        for i, target in enumerate(batch["targets"]):
+            ids = target["ids"]
+            if ids.numel() == 0:
+                continue
+            if ids.numel() > hp.max_boxes_per_image:
+                pick = torch.randperm(ids.numel())[: hp.max_boxes_per_image]
+            else:
+                pick = torch.arange(ids.numel())
+            boxes = self._input_boxes(target["boxes_xyxy"][pick], label_hw)
+            boxes = jitter_boxes(boxes, hp.box_jitter, self.model.image_size)
+            gt = labels[i][None] == ids[pick].to(self.device)[:, None, None]
+            logits, iou_pred = self._decode_to_labels(emb[i:i + 1], boxes, label_hw)
+            gt_f = gt.float()
+            focal.append(sigmoid_focal_loss(logits, gt_f, hp.focal_alpha, hp.focal_gamma))
+            dice.append(dice_loss(logits, gt_f))
+            # SAM's IoU head target: IoU of the thresholded prediction with the truth (no grad)
+            iou_true = mask_iou(logits.detach() > 0, gt)
+            iou_mse.append((iou_pred - iou_true) ** 2)
+        if not focal:
+            # No cell in the whole batch: a zero loss that still touches every trainable
+            # parameter, so DDP's gradient all-reduce stays in step across ranks.
+            zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+            self.log("train/loss", 0.0, batch_size=len(batch["targets"]))
+            return zero
+        # Mean over masks of this process; DDP then averages processes (each mask weighs the
+        # same when ranks hold similar numbers of masks, as with a fixed per-image cap).
+        losses = {"mask_focal": torch.cat(focal).mean(), "mask_dice": torch.cat(dice).mean(),
+                  "iou_mse": torch.cat(iou_mse).mean()}
+        total = sum(self.weights.get(k, 0.0) * v for k, v in losses.items())
+        bs = len(batch["targets"])
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        n_masks = torch.tensor(float(sum(len(f) for f in focal)), device=self.device)
+        self.log("train/masks_per_step", all_reduce_mean(n_masks), batch_size=bs)
+        return total
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # -- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def cell_ious(self, embedding: Tensor, boxes_xyxy: Tensor, gt: Tensor) -> Tensor:
+        """IoU `[K]` of each box's mask (logit > 0) with its true mask `gt` `[K, H, W]`."""
+        label_hw = tuple(gt.shape[-2:])
+        boxes = self._input_boxes(boxes_xyxy, label_hw)
+        out = []
+        step = self.hparams.val_box_batch
+        for j in range(0, boxes.shape[0], step):
+            logits, _ = self._decode_to_labels(embedding, boxes[j:j + step], label_hw)
+            out.append(mask_iou(logits > 0, gt[j:j + step]))
+        return torch.cat(out) if out else torch.zeros(0, device=self.device)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+                        ) -> None:
+        emb = self.embeddings(batch["images"])
+        labels = batch["labels"].to(self.device)
+        for i, target in enumerate(batch["targets"]):
+            ids = target["ids"].to(self.device)
+            gt = labels[i][None] == ids[:, None, None]
+            ious = self.cell_ious(emb[i:i + 1], target["boxes_xyxy"], gt)
+            self._val_records.append({
+                "dataset": batch["dataset"][i],
+                "index": int(batch["index"][i]),
+                "iou_sum": float(ious.sum()),
+                "cells": int(ious.numel()),
+            })
+
+    def on_validation_epoch_end(self) -> None:
+        records = gather_records(self._val_records)
+        self._val_records = []
+        totals: dict[str, list[float]] = {}
+        for r in records:
+            for name in (r["dataset"], "all"):
+                acc = totals.setdefault(name, [0.0, 0.0])
+                acc[0] += r["iou_sum"]
+                acc[1] += r["cells"]
+        # Every rank holds the same gathered records, so no further sync is needed.
+        totals.setdefault("all", [0.0, 0.0])  # the monitored key exists even with no cells
+        for name, (iou_sum, cells) in totals.items():
+            value = iou_sum / cells if cells else 0.0
+            self.log(f"val/{name}/mask_iou", value, prog_bar=name == "all", sync_dist=False)

@@ -1,0 +1,169 @@
+"""`evaluate(cfg)`: a trained checkpoint on one or several datasets' test (or val) split.
+
+`python eval.py ckpt=<checkpoint> data=<dataset or [a,b,...]> split=test` writes into its
+run folder `results.json` (per dataset and `all`: the keys of
+`cellsam.metrics.report.SCHEMA_KEYS`), `results.csv`, `results.md` (our numbers beside the
+paper's per-image mean F1@0.5) and `results.png`, and prints the Markdown table.
+
+Dataset images are stored already normalised to [0, 1] (percentile clip / CLAHE done by the
+converter), so they go straight into the model (`CellSAMPredictor.predict_batch`), resized
+to the model input exactly as during training; predictions come back at the labels'
+resolution. Inference settings: the config's `inference` block (`inference=release`,
+`inference.box_threshold=0.3`, ...). `train.py ... evaluate_after=true` calls
+`evaluate_checkpoint` with the training config.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cellsam.callbacks.segmentation_metrics import batch_records
+from cellsam.data.datamodule import collate
+from cellsam.inference.postprocess import InferenceSettings
+from cellsam.inference.predictor import CellSAMPredictor, resolve_device
+from cellsam.metrics.report import markdown_table, summarize, write_results
+from cellsam.utils.checkpoint import load_model
+
+log = logging.getLogger(__name__)
+
+
+def paper_variant(meta: dict[str, Any], requested: str = "auto") -> str:
+    """Which paper models to compare with: `auto` -> `generalist` when the checkpoint was
+    trained on several datasets, `specialist` on one."""
+    if requested != "auto":
+        return requested
+    datasets = meta.get("datasets") or (meta.get("config", {}).get("data", {}) or {}).get(
+        "datasets", {})
+    return "specialist" if len(datasets) == 1 else "generalist"
+
+
+def load_predictor(ckpt_path: str | Path, inference: dict[str, Any] | None,
+                   device: str = "auto", bf16: bool = False
+                   ) -> tuple[CellSAMPredictor, dict[str, Any]]:
+    """Predictor with the config's inference settings (a `preset` key picks the base), and
+    the checkpoint's metadata."""
+    overrides = dict(inference or {})
+    preset = str(overrides.pop("preset", "paper"))
+    settings = InferenceSettings.from_preset(preset, **overrides)
+    model, meta = load_model(ckpt_path)
+    if meta.get("stage") == "finder":
+        log.warning("%s is a stage-1 checkpoint: SAM's neck is untrained, masks will be poor",
+                    ckpt_path)
+    dev = resolve_device(device)
+    return CellSAMPredictor(model, settings, device=dev, bf16=bf16), meta
+
+
+def run_evaluation(
+    ckpt_path: str | Path,
+    data_cfg: DictConfig,
+    inference: dict[str, Any] | None,
+    output_dir: str | Path,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 4,
+    coco: bool = True,
+    compare_with_paper: bool = True,
+    variant: str = "auto",
+    max_images: int | None = None,
+    bf16: bool = False,
+) -> dict[str, Any]:
+    """Predict every image of `split` of the configured datasets and write `results.*`.
+
+    Args:
+        data_cfg: a `conf/data/*` block (`CellDataModule` config).
+        inference: an `inference` config block as a dict.
+        max_images: at most this many images per dataset (None: all), for quick checks.
+
+    Returns:
+        `{dataset: {metric: value}, ..., "all": {...}, "meta": {...}}` as in results.json.
+    """
+    start = time.perf_counter()
+    predictor, meta = load_predictor(ckpt_path, inference, device, bf16)
+    dm = instantiate(data_cfg, input_size=predictor.model.image_size, batch_size=batch_size,
+                     _convert_="all")
+    dm.prepare_data()  # synthetic data is generated on first use
+    datasets = dm.split_datasets(split)
+    if not datasets:
+        raise ValueError(f"no dataset among {dm.names} has a {split!r} split")
+    n_total = sum(min(len(d), max_images or len(d)) for d in datasets.values())
+    log.info("evaluating %s on %s (%d images, split=%s) on %s", ckpt_path,
+             ", ".join(datasets), n_total, split, predictor.device)
+    records: list[dict[str, Any]] = []
+    bar = tqdm(total=n_total, desc=f"eval {split}", unit="image")
+    for name, ds in datasets.items():
+        if max_images:
+            ds = torch.utils.data.Subset(ds, range(min(len(ds), int(max_images))))
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                            num_workers=dm.num_workers)
+        bar.set_postfix(dataset=name)
+        for batch in loader:
+            records.extend(batch_records(predictor, batch, with_coco=coco))
+            bar.update(len(batch["index"]))
+    bar.close()
+    # The callback's record order, sorted locally: no `gather_records` here, since
+    # `evaluate_after` runs on rank 0 alone while a DDP process group may still exist (a
+    # collective would wait forever for the other ranks).
+    records.sort(key=lambda r: (r["dataset"], r["index"]))
+    results: dict[str, Any] = summarize(records, coco=coco, order=list(datasets))
+    chosen = paper_variant(meta, variant)
+    run_meta = {
+        "checkpoint": str(ckpt_path), "split": split, "stage": meta.get("stage"),
+        "trained_on": meta.get("datasets"), "datasets": list(datasets),
+        "inference_preset": predictor.settings.preset,
+        "inference": predictor.settings.to_dict(), "device": str(predictor.device),
+        "max_images": max_images, "seconds": round(time.perf_counter() - start, 2),
+    }
+    paths = write_results(output_dir, results, run_meta, chosen, compare_with_paper)
+    table = markdown_table(results, chosen, compare_with_paper,
+                           f"{Path(str(ckpt_path)).name} on {split}")
+    print(table, flush=True)
+    log.info("results written to %s", paths["json"])
+    return {**results, "meta": {**run_meta, "paper_variant": chosen}}
+
+
+def _inference_block(cfg: DictConfig) -> dict[str, Any]:
+    block = cfg.get("inference")
+    return OmegaConf.to_container(block, resolve=True) if block is not None else {}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """`eval.py`: `cfg.ckpt`, `cfg.data`, `cfg.split`, `cfg.inference`, `cfg.device`,
+    `cfg.batch_size`, `cfg.coco`, `cfg.compare_with_paper` (optional: `paper_variant`
+    auto|generalist|specialist, `max_images`, `bf16`). Writes into `cfg.paths.output_dir`."""
+    from cellsam.utils.run_info import finish_run_info, write_run_info
+
+    output_dir = Path(cfg.paths.output_dir)
+    write_run_info(output_dir, cfg)
+    results = run_evaluation(
+        cfg.ckpt, cfg.data, _inference_block(cfg), output_dir, split=cfg.get("split", "test"),
+        device=str(cfg.get("device", "auto")), batch_size=int(cfg.get("batch_size", 4)),
+        coco=bool(cfg.get("coco", True)),
+        compare_with_paper=bool(cfg.get("compare_with_paper", True)),
+        variant=str(cfg.get("paper_variant", "auto")), max_images=cfg.get("max_images"),
+        bf16=bool(cfg.get("bf16", False)),
+    )
+    finish_run_info(output_dir, {"results": str(output_dir / "results.json")})
+    return results
+
+
+def evaluate_checkpoint(ckpt_path: str | Path, cfg: DictConfig, output_dir: str | Path,
+                        split: str = "test") -> dict[str, Any]:
+    """`train.py ... evaluate_after=true`: evaluate the best checkpoint with the training
+    config's data and inference blocks (batch size from `data.batch_size`)."""
+    return run_evaluation(
+        ckpt_path, cfg.data, _inference_block(cfg), output_dir, split=split,
+        device=str(cfg.get("device", "auto")),
+        batch_size=int(cfg.get("eval_batch_size") or cfg.data.get("batch_size", 4)),
+        coco=bool(cfg.get("eval_coco", True)),
+        compare_with_paper=bool(cfg.get("compare_with_paper", True)),
+        variant=str(cfg.get("paper_variant", "auto")),
+    )

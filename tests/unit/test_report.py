@@ -1,0 +1,135 @@
+"""Per-image records -> per-dataset summaries (results.json schema), paper table, writers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from cellsam.metrics import evaluate_coco, evaluate_deepcell, evaluate_f1
+from cellsam.metrics.report import (
+    SCHEMA_KEYS,
+    image_record,
+    markdown_table,
+    paper_dataset,
+    paper_f1,
+    summarize,
+    write_results,
+)
+
+
+def paint(*rects, shape=(32, 32)) -> np.ndarray:
+    """Label image with rectangles `(id, y0, y1, x0, x1)`."""
+    lab = np.zeros(shape, np.int64)
+    for i, y0, y1, x0, x1 in rects:
+        lab[y0:y1, x0:x1] = i
+    return lab
+
+
+# (true, pred, scores): a hit + a miss + a false positive; an empty pair (F1 undefined -> 0);
+# a cell split in two halves (IoU 0.5 each: F1@0.5 match, DeepCell split); two cells merged.
+PAIRS = [
+    (paint((1, 0, 8, 0, 8), (2, 20, 28, 20, 28)), paint((5, 0, 8, 0, 8), (7, 10, 14, 0, 4)),
+     [0.9, 0.3]),
+    (paint(), paint(), []),
+    (paint((1, 4, 12, 4, 12)), paint((1, 4, 12, 4, 8), (2, 4, 12, 8, 12)), [0.8, 0.7]),
+    (paint((1, 0, 8, 0, 8), (2, 0, 8, 8, 16)), paint((3, 0, 8, 0, 16)), [0.6]),
+]
+
+
+def records(dataset: str = "a", pairs=PAIRS, with_coco: bool = True) -> list[dict]:
+    return [image_record(dataset, i, t, p, s, with_coco) for i, (t, p, s) in enumerate(pairs)]
+
+
+def test_summary_equals_metric_functions():
+    out = summarize(records())
+    assert list(out) == ["a", "all"] and out["a"] == out["all"]
+    s = out["a"]
+    assert set(SCHEMA_KEYS) <= set(s)
+    trues, preds, scores = zip(*PAIRS)
+    f1 = evaluate_f1(trues, preds, (0.5,))
+    assert s["n_images"] == 4 and s["n_cells"] == 5 and s["n_pred_cells"] == 5
+    assert s["f1_50_mean"] == pytest.approx(f1["f1_mean@0.50"], abs=1e-12)
+    assert s["f1_50_pooled"] == pytest.approx(f1["f1_pooled@0.50"], abs=1e-12)
+    assert s["precision_50"] == pytest.approx(f1["precision@0.50"])
+    assert s["recall_50"] == pytest.approx(f1["recall@0.50"])
+    # by hand: per-image F1 0.5, 0 (empty), 2/3 (one half matches at IoU 0.5), 2/3 (merge)
+    assert s["f1_50_mean"] == pytest.approx((0.5 + 0 + 2 / 3 + 2 / 3) / 4)
+    dc = evaluate_deepcell(trues, preds)
+    assert (s["deepcell_f1_60"], s["deepcell_precision_60"], s["deepcell_recall_60"]) == (
+        pytest.approx(dc["f1"]), pytest.approx(dc["precision"]), pytest.approx(dc["recall"]))
+    assert (s["splits"], s["merges"]) == (dc["splits"], dc["merges"]) == (1, 1)
+    coco = evaluate_coco(list(trues), [(p, sc) for p, sc in zip(preds, scores)])
+    assert s["coco_map"] == pytest.approx(coco["segm_mAP"], abs=1e-9)
+    assert s["coco_ap50"] == pytest.approx(coco["segm_AP50"], abs=1e-9)
+    assert s["coco_box_map"] == pytest.approx(coco["bbox_mAP"], abs=1e-9)
+    assert s["coco_box_ap50"] == pytest.approx(coco["bbox_AP50"], abs=1e-9)
+
+
+def test_empty_image_counts_as_zero_and_perfect_prediction_scores_one():
+    lab = paint((1, 0, 8, 0, 8), (2, 10, 20, 10, 20))
+    s = summarize([image_record("x", 0, lab, lab, [0.5, 0.6]),
+                   image_record("x", 1, paint(), paint(), [])])["x"]
+    assert s["f1_50_mean"] == 0.5  # (1 + 0) / 2: the empty image's undefined F1 is 0
+    assert s["f1_50_pooled"] == s["deepcell_f1_60"] == s["coco_map"] == s["coco_box_ap50"] == 1
+
+
+def test_union_order_and_coco_switch():
+    recs = records("b") + records("a", PAIRS[:2])
+    out = summarize(recs, order=["b", "a"])
+    assert list(out) == ["b", "a", "all"]
+    assert out["all"]["n_images"] == 6 and out["all"]["n_cells"] == 7
+    assert out["all"]["splits"] == out["b"]["splits"] + out["a"]["splits"]
+    shuffled = recs[:]
+    random.Random(0).shuffle(shuffled)
+    again = summarize(shuffled, order=["b", "a"])
+    for name in out:  # exactly equal: sums of counts and an exactly rounded F1 sum
+        for key, value in out[name].items():
+            assert again[name][key] == value or (math.isnan(value) and math.isnan(again[name][key]))
+    no_coco = summarize(records(with_coco=False))["a"]
+    assert math.isnan(no_coco["coco_map"]) and no_coco["f1_50_mean"] == out["b"]["f1_50_mean"]
+
+
+@pytest.mark.parametrize(
+    "name,row", [("dsb2018", "DSB"), ("h&e", "H&E"), ("H_E", "H&E"), ("tissuenet", "TissueNet"),
+                 ("YeaZ", "YeaZ"), ("yeastnet", "YeastNet"), ("phase400", "Phase400"),
+                 ("livecell", "LIVECell"), ("synthetic", None)])
+def test_paper_aliases(name, row):
+    assert paper_dataset(name) == row
+
+
+def test_paper_numbers():
+    assert paper_f1("deepbacs") == (0.931, 0.912, "generalist")
+    assert paper_f1("deepbacs", "specialist") == (0.892, 0.927, "specialist")
+    assert paper_f1("livecell", "generalist") == (0.499, 0.381, "zero-shot")
+    assert paper_f1("synthetic")[:2] == (None, None)
+
+
+def test_writers(tmp_path):
+    results = summarize(records("deepbacs") + records("synthetic", PAIRS[:1], with_coco=False))
+    paths = write_results(tmp_path, results, {"checkpoint": "x.ckpt", "split": "test"})
+    assert {p.name for p in tmp_path.iterdir()} == {f"results.{s}" for s in
+                                                    ("json", "csv", "md", "png")}
+    data = json.loads(paths["json"].read_text())
+    for name in ("deepbacs", "synthetic", "all"):
+        assert set(SCHEMA_KEYS) <= set(data[name])
+    assert data["synthetic"]["coco_map"] is None  # NaN -> null
+    assert data["meta"]["paper"]["deepbacs"]["cellsam_f1_50_mean"] == 0.931
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["dataset"] for r in rows] == ["deepbacs", "synthetic", "all"]
+    assert rows[0]["paper_cellpose_f1_50_mean"] == "0.912"
+    md = paths["md"].read_text()
+    for header in ("F1@0.5 per-image mean (ours", "CellSAM generalist (paper)", "DeepCell F1@0.6",
+                   "COCO mask mAP", "COCO box AP50", "released evaluation"):
+        assert header in md
+    assert "| deepbacs | 4 | 5 |" in md and "0.931" in md and "| all |" in md
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_markdown_without_paper():
+    md = markdown_table(summarize(records("deepbacs")), compare=False)
+    assert "paper" not in md and "| all |" not in md  # one dataset: no repeated union row
