@@ -9,12 +9,13 @@ Five archetypes mirror the paper's evaluation groups (REFERENCE.md section 4 cha
 - ``yeast``    round/oval budding cells, brightfield (dark rim, brighter centre), channel 2
 - ``nuclei``   fluorescent textured blobs, some touching, channel 2 (blue is never empty)
 
-A scene is drawn object by object in bounding-box crops (`synthetic_shapes`; tissue as one
-warped Voronoi tessellation), so the label is the exact raster of what is rendered, then
-"acquired": optics blur, uneven illumination, shot/read noise, random contrast and tone
-curve. Everything comes from one `numpy.random.default_rng(seed)`: a seed gives identical
-bytes on every call and in every worker process (float rounding of numpy's vectorised
-math may differ between CPU families, so bytes across machines are not promised).
+A scene is drawn object by object in bounding-box crops (`synthetic_shapes`, renderers in
+`synthetic_archetypes`; tissue as one warped Voronoi tessellation), so the label is the
+exact raster of what is rendered, then "acquired": optics blur, uneven illumination,
+shot/read noise, random contrast and tone curve. Everything comes from one
+`numpy.random.default_rng(seed)`: a seed gives identical bytes on every call and in every
+worker process (float rounding of numpy's vectorised math may differ between CPU families,
+so bytes across machines are not promised).
 
 Object counts: `generate_sample` returns exactly `n_cells` objects whenever they fit. Sizes
 shrink with density (1000 cells fit in 512x512 for every archetype; tested up to that); if
@@ -37,7 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from cellsam.data.format import MANIFEST_FILE, TILE_SIZE, SplitWriter, write_manifest
-from cellsam.data.synthetic_shapes import DRAW, Scene, smooth_low, upsample_linear
+from cellsam.data.synthetic_archetypes import DRAW, Scene
+from cellsam.data.synthetic_shapes import smooth_low, upsample_linear
 
 ARCHETYPES: tuple[str, ...] = ("tissue", "culture", "bacteria", "yeast", "nuclei")
 GENERATOR_VERSION = "1.0"  # bump when output bytes change: ensure_synthetic then regenerates

@@ -100,7 +100,8 @@ def bench(boxes: torch.Tensor, model: CellSAM, emb: torch.Tensor, hw: tuple[int,
     """Time the three paths for boxes `[n, 4]` (input px); print seconds per image, ratios."""
     n = boxes.shape[0]
     keep_all = -1e9  # a random decoder predicts any IoU: keep every mask in every path
-    settings = InferenceSettings(iou_threshold=keep_all, mask_threshold=0.5, overlap="score")
+    settings = InferenceSettings(iou_threshold=keep_all, mask_threshold=0.5, overlap="score",
+                                 mask_margin=args.margin)
     scores = torch.arange(n, dtype=torch.float32)  # identifies each cell's box
     with torch.inference_mode():
         t_one = one_at_a_time(model, emb, boxes, hw, keep_all, args.one_limit)
@@ -118,7 +119,8 @@ def bench(boxes: torch.Tensor, model: CellSAM, emb: torch.Tensor, hw: tuple[int,
         low, _, _ = decode_fast(model, emb, boxes[:64])
         diff = float((low.logits - ref).abs().max())
     miou = mask_iou_fast_vs_full(cells, full)
-    extra = f" (timed on {args.one_limit} boxes, scaled)" if args.one_limit else ""
+    scaled = args.one_limit is not None and args.one_limit < n
+    extra = f" (timed on {args.one_limit} boxes, scaled)" if scaled else ""
     print(f"\n{n} boxes -> thresholded masks at image size, seconds per image:")
     print(f"  one at a time (released loop)  {t_one:8.2f}{extra}")
     for b in args.batch:
@@ -150,6 +152,7 @@ def main() -> None:
     ap.add_argument("--one-limit", type=int, default=None,
                     help="time one-at-a-time on this many boxes and extrapolate")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--margin", type=float, default=0.5, help="fast path's mask window margin")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", 2)))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
