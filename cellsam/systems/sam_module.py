@@ -168,23 +168,27 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
             # SAM's IoU head target: IoU of the thresholded prediction with the truth (no grad)
             iou_true = mask_iou(logits.detach() > 0, gt)
             iou_mse.append((iou_pred - iou_true) ** 2)
+        # Normalise by the mask count averaged over ranks (as stage 1 does with boxes): with
+        # DDP's gradient averaging every mask then weighs the same as in one process on the
+        # global batch. The all-reduce runs on every rank, also one without cells, so the
+        # ranks stay in step.
+        n_local = torch.tensor(float(sum(len(f) for f in focal)), device=self.device)
+        n_masks = all_reduce_mean(n_local).clamp_min(1.0)
+        bs = len(batch["targets"])
         if not focal:
-            # No cell in the whole batch: a zero loss that still touches every trainable
+            # No cell in this batch: a zero loss that still touches every trainable
             # parameter, so DDP's gradient all-reduce stays in step across ranks.
             zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
-            self.log("train/loss", 0.0, batch_size=len(batch["targets"]))
+            self.log("train/loss", 0.0, batch_size=bs, sync_dist=True)
             return zero
-        # Mean over masks of this process; DDP then averages processes (each mask weighs the
-        # same when ranks hold similar numbers of masks, as with a fixed per-image cap).
-        losses = {"mask_focal": torch.cat(focal).mean(), "mask_dice": torch.cat(dice).mean(),
-                  "iou_mse": torch.cat(iou_mse).mean()}
+        losses = {"mask_focal": torch.cat(focal).sum() / n_masks,
+                  "mask_dice": torch.cat(dice).sum() / n_masks,
+                  "iou_mse": torch.cat(iou_mse).sum() / n_masks}
         total = sum(self.weights.get(k, 0.0) * v for k, v in losses.items())
-        bs = len(batch["targets"])
-        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        self.log("train/loss", total, prog_bar=True, batch_size=bs, sync_dist=True)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, batch_size=bs)
-        n_masks = torch.tensor(float(sum(len(f) for f in focal)), device=self.device)
-        self.log("train/masks_per_step", all_reduce_mean(n_masks), batch_size=bs)
+            self.log(f"train/{name}", value, batch_size=bs, sync_dist=True)
+        self.log("train/masks_per_step", n_masks, batch_size=bs)
         return total
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

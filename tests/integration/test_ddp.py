@@ -53,9 +53,6 @@ def test_finder_loss_normalisation_matches_one_process(synthetic_dir, two_ranks)
     _check_same(ddp, single_loss, single_grads)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "SamModule averages mask losses per process; one process on the whole batch weighs every "
-    "mask the same only if the mask count is all-reduced as in stage 1 (see the issue-7 report)"))
 def test_sam_loss_normalisation_matches_one_process(synthetic_dir, two_ranks):
     single_loss, single_grads = step_gradients("sam", global_batch(synthetic_dir, 4))
     _check_same(two_ranks["sam"], single_loss, single_grads)
