@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellsam.ops.masks import label_to_coco_annotations
+from cellsam.metrics.coco import label_to_rles
 
 FORMAT_VERSION = 1
 TILE_SIZE = 512
@@ -36,6 +36,20 @@ IMAGES_FILE, LABELS_FILE, COCO_FILE, MANIFEST_FILE = (
 )
 CHANNEL_NAMES = ("blank", "nuclear", "whole_cell")
 _CHUNK = 64  # images per validation chunk: bounds memory on huge memory-mapped arrays
+
+
+def label_to_coco_annotations(label: np.ndarray, image_id: int, start_id: int = 1) -> list[dict]:
+    """COCO instance annotations (RLE, bbox xywh, area, category 1) of a label image `[H, W]`.
+
+    One pass over the pixels (`metrics.coco.label_to_rles`); annotation ids run from
+    `start_id` in increasing object-id order.
+    """
+    rles, _, boxes, areas = label_to_rles(label)
+    return [
+        {"id": start_id + k, "image_id": int(image_id), "category_id": 1, "segmentation": rle,
+         "area": int(area), "bbox": [float(v) for v in box], "iscrowd": 0}
+        for k, (rle, box, area) in enumerate(zip(rles, boxes, areas))
+    ]
 
 
 class DatasetFormatError(ValueError):

@@ -75,8 +75,13 @@ def label_to_rles(
     inter[0::2], inter[1::2] = gaps, lens
     bounds = np.r_[np.flatnonzero(first), starts.size]
     last_end = ends[bounds[1:] - 1]
+    # Trailing background run only when there is one: pycocotools' own encoding (and so
+    # the RLE string) has no zero-length last run for an object touching the last pixel.
     objs = [
-        {"size": [h, w], "counts": inter[2 * a : 2 * b].tolist() + [int(h * w - e)]}
+        {
+            "size": [h, w],
+            "counts": inter[2 * a : 2 * b].tolist() + ([int(h * w - e)] if e < h * w else []),
+        }
         for a, b, e in zip(bounds[:-1], bounds[1:], last_end)
     ]
     rles = mask_utils.frPyObjects(objs, h, w)
@@ -143,10 +148,17 @@ def coco_gt_from_labels(labels: Sequence[np.ndarray]) -> dict:
         # (pycocotools' mask.area fails on >255 masks with numpy 2; use our own counts.)
         rles, _, boxes, areas = label_to_rles(lab)
         for rle, box, area in zip(rles, boxes, areas):
-            anns.append({
-                "id": len(anns) + 1, "image_id": i, "category_id": 1, "segmentation": rle,
-                "area": float(area), "bbox": [float(v) for v in box], "iscrowd": 0,
-            })
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "segmentation": rle,
+                    "area": float(area),
+                    "bbox": [float(v) for v in box],
+                    "iscrowd": 0,
+                }
+            )
     return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}
 
 
@@ -167,8 +179,13 @@ def _detection_dicts(image_id: int, det: ImageDetections) -> list[dict]:
     else:
         xywh = np.zeros((0, 4))
     return [
-        {"image_id": image_id, "category_id": 1, "segmentation": rle,
-         "bbox": [float(v) for v in box], "score": float(s)}
+        {
+            "image_id": image_id,
+            "category_id": 1,
+            "segmentation": rle,
+            "bbox": [float(v) for v in box],
+            "score": float(s),
+        }
         for rle, box, s in zip(det.rles, xywh, det.scores)
     ]
 
@@ -304,11 +321,25 @@ def evaluate_box_sets(
         images.append({"id": i})
         for x0, y0, x1, y1 in np.asarray(gt, np.float64).reshape(-1, 4):
             w, h = x1 - x0, y1 - y0
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1,
-                         "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": [x0, y0, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         for (x0, y0, x1, y1), s in zip(np.asarray(boxes, np.float64).reshape(-1, 4), scores):
-            dts.append({"image_id": i, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "score": float(s)})
+            dts.append(
+                {
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(s),
+                }
+            )
     gt_dict = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}
     res = _run_summaries(gt_dict, dts, "bbox", backend, max_dets)
     return {f"bbox_{k}": v for k, v in res.items()}

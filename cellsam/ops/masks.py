@@ -72,57 +72,6 @@ def decode_rle(rle: dict) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def _strip_rle(strip: np.ndarray, x0: int, width: int) -> dict:
-    """Compressed RLE of a full-image mask whose pixels all lie in columns x0.. of `strip`.
-
-    `strip` is `[H, w]` (full height, the object's columns); COCO RLE runs go down columns,
-    so the columns left and right of the strip only add zeros to the first and last runs.
-    This avoids building and encoding an `[H, W]` mask per object.
-    """
-    h = strip.shape[0]
-    flat = strip.ravel(order="F").astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat[0]:  # RLE starts with a (possibly empty) run of zeros
-        runs.insert(0, 0)
-    runs[0] += x0 * h
-    right = (width - x0 - strip.shape[1]) * h
-    if right:
-        if flat[-1]:
-            runs.append(right)
-        else:
-            runs[-1] += right
-    rle = mask_utils.frPyObjects({"size": [h, width], "counts": runs}, h, width)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def label_to_coco_annotations(label: np.ndarray, image_id: int, start_id: int = 1) -> list[dict]:
-    """COCO instance annotations (RLE, bbox xywh, area, category 1) for a label image `[H, W]`.
-
-    Annotation ids run from `start_id` in increasing object-id order.
-    """
-    anns = []
-    boxes, ids = label_boxes_xyxy(label)
-    width = label.shape[1]
-    for k, (obj_id, (x0, y0, x1, y1)) in enumerate(zip(ids, boxes)):
-        x0i, x1i = int(x0), int(x1)
-        strip = label[:, x0i:x1i] == obj_id
-        anns.append(
-            {
-                "id": start_id + k,
-                "image_id": int(image_id),
-                "category_id": 1,
-                "segmentation": _strip_rle(strip, x0i, width),
-                "area": int(strip.sum()),
-                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                "iscrowd": 0,
-            }
-        )
-    return anns
-
-
 def relabel_sequential(label: np.ndarray) -> np.ndarray:
     """Renumber the objects of `label` `[H, W]` to 1..N keeping their order; int32 output."""
     ids = object_ids(label)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from cellsam.data.format import label_to_coco_annotations
 from cellsam.ops.masks import (
     decode_rle,
     encode_rle,
     label_boxes_xyxy,
-    label_to_coco_annotations,
     label_to_masks,
     masks_to_label,
     relabel_sequential,
