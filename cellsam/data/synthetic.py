@@ -147,24 +147,52 @@ def _image_seeds(seed: int, split: str, index: int) -> tuple[int, int]:
 
 
 def _jobs(
-    n_images: dict[str, int], cells: tuple[int, int], archetypes: Sequence[str], seed: int
-) -> Iterator[tuple[str, int, str, int, int]]:
-    """(split, index, archetype, n_cells, image seed) for every image, in writing order."""
+    n_images: dict[str, int],
+    cells: tuple[int, int],
+    archetypes: Sequence[str],
+    seed: int,
+    cell_scale: int,
+) -> Iterator[tuple[str, int, str, int, int, int]]:
+    """(split, index, archetype, n_cells, image seed, scale) per image, in writing order."""
     for split, count in n_images.items():
         for i in range(int(count)):
             image_seed, count_seed = _image_seeds(seed, split, i)
             n = int(np.random.default_rng(count_seed).integers(cells[0], cells[1] + 1))
-            yield split, i, archetypes[i % len(archetypes)], n, image_seed
+            yield split, i, archetypes[i % len(archetypes)], n, image_seed, cell_scale
 
 
-def _render_job(job: tuple[str, int, str, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def render_scaled(
+    archetype: str, n_cells: int, seed: int, cell_scale: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 512 px tile whose cells are `cell_scale` times their usual size.
+
+    The scene is rendered at `512 / cell_scale` px and enlarged (bilinear image, nearest
+    label), which is what a `cell_scale`-times higher magnification looks like. Models that
+    run below 512 px (the tiny CPU config) then see cells at a size their patches resolve.
+    """
+    if cell_scale < 1 or TILE_SIZE % cell_scale:
+        raise ValueError(f"cell_scale must divide {TILE_SIZE}, got {cell_scale}")
+    image, label = generate_sample(archetype, n_cells, seed, size=TILE_SIZE // cell_scale)
+    if cell_scale == 1:
+        return image, label
+    image = ndimage.zoom(image, (1, cell_scale, cell_scale), order=1, grid_mode=True,
+                         mode="nearest").clip(0.0, 1.0).astype(np.float32)
+    label = label.repeat(cell_scale, axis=0).repeat(cell_scale, axis=1)
+    return image, label
+
+
+def _render_job(job: tuple[str, int, str, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     # module level so that spawn-started workers can unpickle it
-    _, _, archetype, n, image_seed = job
-    return generate_sample(archetype, n, image_seed)
+    _, _, archetype, n, image_seed, cell_scale = job
+    return render_scaled(archetype, n, image_seed, cell_scale)
 
 
 def _settings(
-    n_images: dict[str, int], cells: Sequence[int], archetypes: Sequence[str], seed: int
+    n_images: dict[str, int],
+    cells: Sequence[int],
+    archetypes: Sequence[str],
+    seed: int,
+    cell_scale: int = 1,
 ) -> dict:
     """Everything that determines the output bytes, JSON-normalised (tuples -> lists)."""
     return json.loads(
@@ -176,6 +204,8 @@ def _settings(
                 "seed": int(seed),
                 "size": TILE_SIZE,
                 "generator_version": GENERATOR_VERSION,
+                # only recorded when used, so existing datasets stay current
+                **({"cell_scale": int(cell_scale)} if cell_scale != 1 else {}),
             }
         )
     )
@@ -189,6 +219,7 @@ def generate_dataset(
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
+    cell_scale: int = 1,
 ) -> dict:
     """Write a synthetic dataset in the project format into `out_dir`; returns the manifest.
 
@@ -196,6 +227,7 @@ def generate_dataset(
     split uses archetype `archetypes[i % len(archetypes)]`, a cell count uniform in
     `[cells[0], cells[1]]` and a seed derived from (seed, split, i), so the bytes do not
     depend on `workers` (> 1: a spawn-started process pool renders, this process writes).
+    `cell_scale` > 1 enlarges the cells (see `render_scaled`).
     """
     from tqdm import tqdm
 
@@ -207,7 +239,7 @@ def generate_dataset(
         raise ValueError(f"cells must be (lo, hi) with 0 <= lo <= hi, got {cells}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = list(_jobs(n_images, cells, archetypes, seed))
+    jobs = list(_jobs(n_images, cells, archetypes, seed, int(cell_scale)))
     pool = None
     if workers > 1 and len(jobs) > 1:
         pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
@@ -221,7 +253,7 @@ def generate_dataset(
             for split, count in n_images.items():
                 with SplitWriter(out_dir, split) as writer:
                     for _ in range(int(count)):
-                        (_, i, archetype, _, _), (image, label) = next(it)
+                        (_, i, archetype, *_), (image, label) = next(it)
                         name = f"{split}_{i:05d}_{archetype}"
                         writer.add(image, label, name, source=f"synthetic/{archetype}")
                         bar.update(1)
@@ -238,7 +270,7 @@ def generate_dataset(
         converter=CONVERTER,
         converter_version=GENERATOR_VERSION,
         splits=infos,
-        settings=_settings(n_images, cells, archetypes, seed),
+        settings=_settings(n_images, cells, archetypes, seed, cell_scale),
     )
 
 
@@ -258,6 +290,7 @@ def ensure_synthetic(
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
+    cell_scale: int = 1,
 ) -> Path:
     """Make sure `out_dir` holds the synthetic dataset for these parameters; returns it.
 
@@ -268,7 +301,7 @@ def ensure_synthetic(
     """
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    settings = _settings(n_images, cells, archetypes, seed)
+    settings = _settings(n_images, cells, archetypes, seed, cell_scale)
     if _is_current(out_dir, settings):  # fast path: no lock needed to read a finished dataset
         return out_dir
     with open(out_dir.parent / f".{out_dir.name}.lock", "a") as lock:
@@ -279,7 +312,9 @@ def ensure_synthetic(
             tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                generate_dataset(tmp, n_images, cells, archetypes, seed, workers, progress)
+                generate_dataset(
+                    tmp, n_images, cells, archetypes, seed, workers, progress, cell_scale
+                )
                 if out_dir.exists():  # move the stale copy aside first: rename needs a free name
                     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
                     os.replace(out_dir, old)

@@ -37,6 +37,8 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         matcher_costs: Mapping[str, float] | None = None,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        aux_one_to_many: int = 1,
+        iou_aware_class: bool = False,
         coco_every_n_epochs: int = 1,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -51,7 +53,9 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
             focal_gamma=focal_gamma,
         )
         weights = dict(loss_weights or {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0})
-        self.criterion = SetCriterion(matcher, weights, focal_alpha, focal_gamma)
+        self.criterion = SetCriterion(
+            matcher, weights, focal_alpha, focal_gamma, aux_one_to_many, iou_aware_class
+        )
         self._val_records: list[dict[str, Any]] = []
         self._last_val: dict[str, float] = {}
 

@@ -88,6 +88,9 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         val_box_batch: int = 64,
+        loss_size: int | None = None,
+        lr_drop: int | None = None,
+        lr_drop_factor: float = 0.1,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -129,9 +132,9 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         scale = torch.tensor([s / w, s / h, s / w, s / h], device=self.device)
         return boxes_xyxy.to(self.device).float() * scale
 
-    def _decode_to_labels(self, embedding: Tensor, boxes: Tensor, label_hw: tuple[int, int]
-                          ) -> tuple[Tensor, Tensor]:
-        """Mask logits at label resolution `[K, H, W]` and predicted IoU `[K]`.
+    def _decode_to_size(self, embedding: Tensor, boxes: Tensor, size: tuple[int, int]
+                        ) -> tuple[Tensor, Tensor]:
+        """Mask logits upsampled to `size` (normally the label's) `[K, H, W]`, predicted IoU `[K]`.
 
         The loss compares upsampled logits with the masks as stored rather than shrinking the
         masks to the low-res grid (128 px for the tiny model): thin cells (bacteria 2-3 px
@@ -139,7 +142,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         logits, so training optimises what is evaluated.
         """
         low, iou = self.model.decode(embedding, boxes)
-        logits = F.interpolate(low[:, None].float(), size=label_hw, mode="bilinear",
+        logits = F.interpolate(low[:, None].float(), size=size, mode="bilinear",
                                align_corners=False)[:, 0]
         return logits, iou.float()
 
@@ -149,6 +152,9 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         emb = self.embeddings(batch["images"])
         labels = batch["labels"].to(self.device)
         label_hw = tuple(labels.shape[-2:])
+        # The loss runs at the label size by default; `loss_size` trades that for speed
+        # (a 512 px label costs 4x a 256 px one in upsampling and loss, most of a CPU step).
+        loss_hw = (hp.loss_size, hp.loss_size) if hp.loss_size else label_hw
         focal, dice, iou_mse = [], [], []
         for i, target in enumerate(batch["targets"]):
             ids = target["ids"]
@@ -161,9 +167,15 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
             boxes = self._input_boxes(target["boxes_xyxy"][pick], label_hw)
             boxes = jitter_boxes(boxes, hp.box_jitter, self.model.image_size)
             gt = labels[i][None] == ids[pick].to(self.device)[:, None, None]
-            logits, iou_pred = self._decode_to_labels(emb[i:i + 1], boxes, label_hw)
+            logits, iou_pred = self._decode_to_size(emb[i:i + 1], boxes, loss_hw)
             gt_f = gt.float()
-            focal.append(sigmoid_focal_loss(logits, gt_f, hp.focal_alpha, hp.focal_gamma))
+            if loss_hw != label_hw:  # fraction of each loss pixel covered by the cell
+                gt_f = F.interpolate(gt_f[None], size=loss_hw, mode="area")[0]
+                gt = gt_f >= 0.5
+            if self.weights.get("mask_focal", 0.0):
+                focal.append(sigmoid_focal_loss(logits, gt_f, hp.focal_alpha, hp.focal_gamma))
+            else:  # weight 0: skip the [K, H, W] focal terms (a third of a CPU step)
+                focal.append(logits.new_zeros(logits.shape[0]))
             dice.append(dice_loss(logits, gt_f))
             # SAM's IoU head target: IoU of the thresholded prediction with the truth (no grad)
             iou_true = mask_iou(logits.detach() > 0, gt)
@@ -191,9 +203,16 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         self.log("train/masks_per_step", n_masks, batch_size=bs)
         return total
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        hp = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if not hp.lr_drop:
+            return optimizer
+        # One step decay (x lr_drop_factor) after `lr_drop` epochs, as stage 1.
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, hp.lr_drop, hp.lr_drop_factor)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- validation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -204,7 +223,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         out = []
         step = self.hparams.val_box_batch
         for j in range(0, boxes.shape[0], step):
-            logits, _ = self._decode_to_labels(embedding, boxes[j:j + step], label_hw)
+            logits, _ = self._decode_to_size(embedding, boxes[j:j + step], label_hw)
             out.append(mask_iou(logits > 0, gt[j:j + step]))
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
 

@@ -20,25 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from tiny_train import run_train
 
-from cellsam.utils.resolvers import register_resolvers
-
-ROOT = Path(__file__).resolve().parents[2]
 NO_AUGMENT = ["data.augment.hflip=0", "data.augment.vflip=0", "data.augment.rot90=false",
               "data.augment.zoom_p=0", "data.augment.gamma_p=0", "data.augment.noise_p=0",
               "data.augment.blur_p=0"]
 
-
-def run_train(overrides: list[str]) -> dict:
-    from cellsam.tasks.train import train
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return train(cfg)
 
 
 @torch.no_grad()
@@ -197,3 +184,45 @@ def test_sam_module_trainable_options():
         SamModule(model, trainable=["neck", "finder"])
     with pytest.raises(ValueError, match="empty"):
         SamModule(model, trainable=[])
+    # constant lr by default; `lr_drop` adds one step decay after that many epochs
+    assert isinstance(SamModule(model).configure_optimizers(), torch.optim.AdamW)
+    conf = SamModule(model, lr=1e-3, lr_drop=2, lr_drop_factor=0.5).configure_optimizers()
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+
+
+def test_sam_module_loss_size():
+    from cellsam.systems.sam_module import SamModule
+
+    weights = {"mask_focal": 20.0, "mask_dice": 1.0, "iou_mse": 1.0}
+    model = _tiny_model()
+    losses = {}
+    for size in (None, 512, 256):
+        module = SamModule(model, box_jitter=0.0, loss_weights=weights, loss_size=size)
+        logged: dict[str, float] = {}
+        module.log = lambda name, value, _out=logged, **kw: _out.__setitem__(name, float(value))
+        torch.manual_seed(0)
+        module.training_step(_batch(), 0)
+        losses[size] = logged
+    # loss_size equal to the label size is the default path exactly
+    assert losses[512] == losses[None]
+    # the toy cells have even edges, so at 256 px each target pixel is fully in or out and
+    # the Dice terms differ only by the bilinear upsampling of the logits (a few percent)
+    for name in ("train/mask_dice", "train/mask_focal"):
+        assert losses[256][name] == pytest.approx(losses[None][name], rel=0.1)
+    assert losses[256]["train/mask_dice"] != losses[None]["train/mask_dice"]
+    # focal weight 0: the term is skipped (logged as 0) and the total is Dice + IoU MSE
+    module = SamModule(model, box_jitter=0.0, loss_size=256,
+                       loss_weights={"mask_focal": 0.0, "mask_dice": 1.0, "iou_mse": 1.0})
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    torch.manual_seed(0)
+    total = module.training_step(_batch(), 0)
+    assert logged["train/mask_focal"] == 0.0
+    assert float(total) == pytest.approx(logged["train/mask_dice"] + logged["train/iou_mse"],
+                                         rel=1e-6)

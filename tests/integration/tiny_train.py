@@ -47,6 +47,18 @@ def compose_in_process(overrides: list[str], output_dir: Path) -> DictConfig:
         return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
+def run_train(overrides: list[str]) -> dict:
+    """Compose the train config with `overrides` and run `train()` in this process."""
+    from cellsam.tasks.train import train
+    from cellsam.utils.resolvers import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return train(cfg)
+
+
 def train_command(overrides: list[str], *hydra_args: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *hydra_args, *overrides]
 

@@ -21,9 +21,11 @@ from torch import Tensor, nn
 
 from cellsam.models.finder.position import feature_positions, pos2posemb1d, pos2posemb2d
 from cellsam.models.finder.rcda import MultiheadRCDA
+from cellsam.models.finder.spatial_prior import AnchorSpatialPrior
 
 __all__ = [
     "FFN",
+    "init_anchor_points",
     "MLP",
     "AnchorDetrTransformer",
     "DecoderLayer",
@@ -135,9 +137,17 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Self-attention among queries, RCDA cross-attention to the memory, FFN (post-norm)."""
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        spatial_prior: bool = False,
+    ) -> None:
         super().__init__()
         self.cross_attn = MultiheadRCDA(dim, num_heads, dropout)
+        self.spatial_prior = AnchorSpatialPrior(num_heads) if spatial_prior else None
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.self_attn = MultiheadSelfAttention(dim, num_heads, dropout)
@@ -154,6 +164,7 @@ class DecoderLayer(nn.Module):
         memory: Tensor,
         key_row: Tensor,
         key_col: Tensor,
+        geometry: tuple[Tensor, Tensor, Tensor],
     ) -> Tensor:
         """
         Args:
@@ -164,15 +175,40 @@ class DecoderLayer(nn.Module):
             memory: ``[B, H, W, C]`` encoder output (values).
             key_row: ``[B, W, C]`` memory averaged over y, plus x-embedding.
             key_col: ``[B, H, C]`` memory averaged over x, plus y-embedding.
+            geometry: ``(anchors [Q, 2], pos_x [W], pos_y [H])`` for the spatial prior.
 
         Returns:
             ``[B, Q, C]``.
         """
         tgt2 = self.self_attn(tgt + query_pos, tgt)
         tgt = self.norm2(tgt + self.dropout2(tgt2))
-        tgt2 = self.cross_attn(tgt + query_pos_x, tgt + query_pos_y, key_row, key_col, memory)
+        prior = None if self.spatial_prior is None else self.spatial_prior(*geometry)
+        tgt2 = self.cross_attn(
+            tgt + query_pos_x, tgt + query_pos_y, key_row, key_col, memory, prior
+        )
         tgt = self.norm1(tgt + self.dropout1(tgt2))
         return self.ffn(tgt)
+
+
+def init_anchor_points(points: Tensor, mode: str) -> None:
+    """Fill ``points [N, 2]`` in place: ``uniform`` random in [0, 1]^2, or ``grid``.
+
+    ``grid`` puts the points at the cell centres of a ``g x g`` grid, which needs
+    N = g^2 (e.g. 100, 144, 3481).
+    """
+    n = points.shape[0]
+    with torch.no_grad():
+        if mode == "uniform":
+            points.uniform_(0.0, 1.0)
+        elif mode == "grid":
+            g = round(n**0.5)
+            if g * g != n:
+                raise ValueError(f"anchor_init='grid' needs a square number of queries, got {n}")
+            axis = feature_positions(g, points.device)
+            yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+            points.copy_(torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=1).to(points.dtype))
+        else:
+            raise ValueError(f"anchor_init must be 'uniform' or 'grid', got {mode!r}")
 
 
 class AnchorDetrTransformer(nn.Module):
@@ -193,6 +229,8 @@ class AnchorDetrTransformer(nn.Module):
         num_patterns: int = 1,
         dropout: float = 0.0,
         position_init_gain: float = 1.0,
+        spatial_prior: bool = False,
+        anchor_init: str = "uniform",
     ) -> None:
         super().__init__()
         if hidden_dim % 4:
@@ -207,7 +245,8 @@ class AnchorDetrTransformer(nn.Module):
             EncoderLayer(hidden_dim, ffn_dim, num_heads, dropout) for _ in range(num_encoder_layers)
         )
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(hidden_dim, ffn_dim, num_heads, dropout) for _ in range(num_decoder_layers)
+            DecoderLayer(hidden_dim, ffn_dim, num_heads, dropout, spatial_prior)
+            for _ in range(num_decoder_layers)
         )
         self.position = nn.Embedding(num_queries, 2)  # anchor points (x, y)
         self.pattern = nn.Embedding(num_patterns, hidden_dim)
@@ -217,9 +256,10 @@ class AnchorDetrTransformer(nn.Module):
         self.adapt_pos2d = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim)
         )
-        # Anchors spread uniformly over the image; other weights keep the original's init
-        # (PyTorch defaults, Xavier inside the attention modules).
-        nn.init.uniform_(self.position.weight, 0.0, 1.0)
+        # Anchors spread uniformly at random over the image (the original), or on a regular
+        # grid, which leaves no part of the image far from an anchor; other weights keep
+        # the original's init (PyTorch defaults, Xavier inside the attention modules).
+        init_anchor_points(self.position.weight, anchor_init)
         # At init every query has the same content, so queries differ only through their
         # anchor's position embedding; with PyTorch's default init that term is small and
         # training sits on a plateau (all queries alike) before it grows. A gain > 1 on the
@@ -255,8 +295,8 @@ class AnchorDetrTransformer(nn.Module):
         memory = src.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]
 
         # One MLP call for both axes: x of every column, then y of every row.
-        axes = torch.cat((feature_positions(w, src.device), feature_positions(h, src.device)))
-        posemb = self._embed1d(axes)
+        pos_x, pos_y = feature_positions(w, src.device), feature_positions(h, src.device)
+        posemb = self._embed1d(torch.cat((pos_x, pos_y)))
         posemb_row, posemb_col = posemb[:w], posemb[w:]  # [W, C], [H, C]
         for layer in self.encoder_layers:
             memory = layer(memory, posemb_row, posemb_col)
@@ -274,6 +314,9 @@ class AnchorDetrTransformer(nn.Module):
         tgt = pattern.unsqueeze(0).expand(b, -1, -1)
         states = []
         for layer in self.decoder_layers:
-            tgt = layer(tgt, query_pos, query_pos_x, query_pos_y, memory, key_row, key_col)
+            tgt = layer(
+                tgt, query_pos, query_pos_x, query_pos_y, memory, key_row, key_col,
+                (anchors, pos_x, pos_y),
+            )
             states.append(tgt)
         return torch.stack(states), anchors

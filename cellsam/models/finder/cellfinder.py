@@ -51,6 +51,8 @@ class CellFinder(nn.Module):
         num_patterns: int = 1,
         dropout: float = 0.0,
         position_init_gain: float = 1.0,
+        spatial_prior: bool = False,
+        anchor_init: str = "uniform",
         prior_prob: float = 0.01,
         aux_loss: bool = True,
     ) -> None:
@@ -72,6 +74,8 @@ class CellFinder(nn.Module):
             num_patterns=num_patterns,
             dropout=dropout,
             position_init_gain=position_init_gain,
+            spatial_prior=spatial_prior,
+            anchor_init=anchor_init,
         )
         self.class_embed = nn.Linear(hidden_dim, 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, num_layers=3)

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cellsam.models.finder.matcher import HungarianMatcher
-from cellsam.ops.boxes import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from cellsam.ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
 
-__all__ = ["LOSS_NAMES", "SetCriterion", "sigmoid_focal_loss"]
+__all__ = ["LOSS_NAMES", "SetCriterion", "quality_focal_loss", "sigmoid_focal_loss"]
 
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 _AUX_SUFFIX = re.compile(r"_\d+$")
@@ -46,6 +46,27 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float, gamma: flo
     return loss
 
 
+def quality_focal_loss(logits: Tensor, quality: Tensor, gamma: float) -> Tensor:
+    """Element-wise quality focal loss (Li et al. 2020, GFL), unreduced.
+
+    ``BCE(sigmoid(logits), quality) * |quality - sigmoid(logits)|^gamma`` with soft
+    targets: a matched query's target is its box IoU, every other query's is 0. Scores then
+    rank boxes by quality, not only by "matched or not".
+
+    Args:
+        logits: ``[...]`` raw scores.
+        quality: ``[...]`` targets in [0, 1].
+        gamma: focusing exponent.
+
+    Returns:
+        ``[...]`` float32 (float64 for float64 logits).
+    """
+    logits = logits.to(_loss_dtype(logits.dtype))
+    quality = quality.to(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, quality, reduction="none")
+    return ce * (quality - logits.sigmoid()).abs().pow(gamma)
+
+
 class SetCriterion(nn.Module):
     """DETR-style losses on the final and every auxiliary decoder output.
 
@@ -66,8 +87,12 @@ class SetCriterion(nn.Module):
         weight_dict: dict[str, float],
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        aux_one_to_many: int = 1,
+        iou_aware_class: bool = False,
     ) -> None:
         super().__init__()
+        if aux_one_to_many < 1:
+            raise ValueError(f"aux_one_to_many must be >= 1, got {aux_one_to_many}")
         unknown = set(weight_dict) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"unknown loss names {sorted(unknown)}; expected {LOSS_NAMES}")
@@ -75,6 +100,8 @@ class SetCriterion(nn.Module):
         self.weight_dict = dict(weight_dict)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.aux_one_to_many = aux_one_to_many
+        self.iou_aware_class = iou_aware_class
 
     def layer_losses(
         self,
@@ -104,18 +131,22 @@ class SetCriterion(nn.Module):
             [t["boxes"].to(device)[tgt.to(device)] for t, (_, tgt) in zip(targets, indices)]
         ).to(_loss_dtype(pred_boxes.dtype))
 
-        labels = torch.zeros(logits.shape, dtype=torch.float32, device=device)  # [B, Q, 1]
-        labels[batch_idx, query_idx, 0] = 1.0
-        focal = sigmoid_focal_loss(logits, labels, self.focal_alpha, self.focal_gamma)
-        loss_ce = focal.sum() / num_boxes
-
         # [K, 4]; with K = 0 the sums below are 0 but still part of the graph.
         matched = pred_boxes[batch_idx, query_idx].to(target_boxes.dtype)
         loss_bbox = F.l1_loss(matched, target_boxes, reduction="none").sum() / num_boxes
-        giou = paired_generalized_box_iou(
-            box_cxcywh_to_xyxy(matched), box_cxcywh_to_xyxy(target_boxes)
-        )
+        matched_xyxy = box_cxcywh_to_xyxy(matched)
+        target_xyxy = box_cxcywh_to_xyxy(target_boxes)
+        giou = paired_generalized_box_iou(matched_xyxy, target_xyxy)
         loss_giou = (1 - giou).sum() / num_boxes
+
+        labels = torch.zeros(logits.shape, dtype=torch.float32, device=device)  # [B, Q, 1]
+        if self.iou_aware_class and len(query_idx):
+            labels[batch_idx, query_idx, 0] = paired_box_iou(matched_xyxy, target_xyxy)[0].detach()
+            loss_ce = quality_focal_loss(logits, labels, self.focal_gamma).sum() / num_boxes
+        else:
+            labels[batch_idx, query_idx, 0] = 1.0
+            focal = sigmoid_focal_loss(logits, labels, self.focal_alpha, self.focal_gamma)
+            loss_ce = focal.sum() / num_boxes
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def forward(
@@ -132,14 +163,37 @@ class SetCriterion(nn.Module):
             Unweighted scalar terms: ``loss_ce``, ``loss_bbox``, ``loss_giou`` and
             ``loss_ce_i``, ``loss_bbox_i``, ``loss_giou_i`` for aux layer i.
         """
-        layers = [outputs, *outputs.get("aux_outputs", [])]
-        # Every layer is matched on its own, as in DETR; all at once for speed.
-        indices = self.matcher.match_layers(layers, targets)
-        losses = self.layer_losses(outputs, targets, indices[0], num_boxes)
-        for i, (aux, aux_indices) in enumerate(zip(layers[1:], indices[1:])):
-            terms = self.layer_losses(aux, targets, aux_indices, num_boxes)
+        aux_layers = outputs.get("aux_outputs", [])
+        k = self._aux_repeats(outputs, targets) if aux_layers else 1
+        if k == 1:
+            # Every layer is matched on its own, as in DETR; all at once for speed.
+            indices = self.matcher.match_layers([outputs, *aux_layers], targets)
+            final_indices, aux_indices, aux_targets = indices[0], indices[1:], targets
+        else:
+            final_indices = self.matcher.match_layers([outputs], targets)[0]
+            aux_targets = [{"boxes": t["boxes"].repeat(k, 1)} for t in targets]
+            aux_indices = self.matcher.match_layers(aux_layers, aux_targets)
+        losses = self.layer_losses(outputs, targets, final_indices, num_boxes)
+        for i, (aux, indices_i) in enumerate(zip(aux_layers, aux_indices)):
+            terms = self.layer_losses(aux, aux_targets, indices_i, num_boxes * k)
             losses.update({f"{name}_{i}": value for name, value in terms.items()})
         return losses
+
+    def _aux_repeats(self, outputs: dict, targets: list[dict]) -> int:
+        """Copies of each target for the auxiliary layers' one-to-many matching.
+
+        H-DETR's "hybrid layer" scheme: intermediate layers match every cell to up to
+        ``aux_one_to_many`` queries, which gives them several times more positive examples
+        early in training, while the final layer stays one-to-one (no duplicates at
+        inference). Capped so that the copies still fit in the queries.
+        """
+        if self.aux_one_to_many == 1:
+            return 1
+        num_queries = outputs["pred_logits"].shape[1]
+        most = max((int(t["boxes"].shape[0]) for t in targets), default=0)
+        if most == 0:
+            return 1
+        return max(1, min(self.aux_one_to_many, num_queries // most))
 
     def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
         """``sum(weight_dict[base(name)] * term)``; aux terms share their base's weight.

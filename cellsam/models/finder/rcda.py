@@ -90,7 +90,12 @@ class MultiheadRCDA(nn.Module):
         return x.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def attention_weights(
-        self, query_row: Tensor, query_col: Tensor, key_row: Tensor, key_col: Tensor
+        self,
+        query_row: Tensor,
+        query_col: Tensor,
+        key_row: Tensor,
+        key_col: Tensor,
+        prior: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Row and column softmaxes (before dropout).
 
@@ -99,6 +104,8 @@ class MultiheadRCDA(nn.Module):
             query_col: ``[B, Q, C]`` queries carrying y-position information.
             key_row: ``[B, W, C]`` keys averaged over y.
             key_col: ``[B, H, C]`` keys averaged over x.
+            prior: optional ``(prior_row [h, Q, W], prior_col [h, Q, H])`` added to the
+                logits before the softmaxes (a spatial prior, see ``AnchorSpatialPrior``).
 
         Returns:
             ``(attn_row [B, h, Q, W], attn_col [B, h, Q, H])``.
@@ -108,12 +115,21 @@ class MultiheadRCDA(nn.Module):
         q_col = self._heads(self._project(query_col, 1) * scale)
         k_row = self._heads(self._project(key_row, 2))
         k_col = self._heads(self._project(key_col, 3))
-        attn_row = torch.matmul(q_row, k_row.transpose(-1, -2)).softmax(dim=-1)
-        attn_col = torch.matmul(q_col, k_col.transpose(-1, -2)).softmax(dim=-1)
-        return attn_row, attn_col
+        logits_row = torch.matmul(q_row, k_row.transpose(-1, -2))
+        logits_col = torch.matmul(q_col, k_col.transpose(-1, -2))
+        if prior is not None:
+            logits_row = logits_row + prior[0].to(logits_row.dtype)
+            logits_col = logits_col + prior[1].to(logits_col.dtype)
+        return logits_row.softmax(dim=-1), logits_col.softmax(dim=-1)
 
     def forward(
-        self, query_row: Tensor, query_col: Tensor, key_row: Tensor, key_col: Tensor, value: Tensor
+        self,
+        query_row: Tensor,
+        query_col: Tensor,
+        key_row: Tensor,
+        key_col: Tensor,
+        value: Tensor,
+        prior: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Attend ``Q`` queries over an ``H x W`` map.
 
@@ -123,12 +139,13 @@ class MultiheadRCDA(nn.Module):
             key_row: ``[B, W, C]`` (map + x-embedding, averaged over y).
             key_col: ``[B, H, C]`` (map + y-embedding, averaged over x).
             value: ``[B, H, W, C]``.
+            prior: optional additive logits, see ``attention_weights``.
 
         Returns:
             ``[B, Q, C]``.
         """
         b, height, width, c = value.shape
-        attn_row, attn_col = self.attention_weights(query_row, query_col, key_row, key_col)
+        attn_row, attn_col = self.attention_weights(query_row, query_col, key_row, key_col, prior)
         if self.training and self.dropout > 0:
             attn_row = F.dropout(attn_row, p=self.dropout)
             attn_col = F.dropout(attn_col, p=self.dropout)
