@@ -51,7 +51,8 @@ VARIANTS: dict[str, SamVariant] = {
     "vit_b": SamVariant(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": SamVariant(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamVariant(1280, 32, 16, (7, 15, 23, 31)),
-    # Same classes at small sizes: for tests and the CPU quickstart (512 px in, 32x32 map).
+    # Same classes at small sizes, for tests and the CPU quickstart (512 px in, 32x32 map;
+    # the quickstart sets image_size 256).
     "tiny": SamVariant(
         embed_dim=96,
         depth=4,
