@@ -1,9 +1,11 @@
-"""Pieces both stages' LightningModules share: freezing and checkpoint metadata."""
+"""Pieces both stages' LightningModules share: freezing, lr schedule, checkpoint metadata."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+import torch
 
 from cellsam.models.cellsam import PARTS, CellSAM
 from cellsam.utils.checkpoint import META_KEY, make_meta
@@ -20,6 +22,13 @@ def freeze_except(model: CellSAM, trainable: Iterable[str]) -> None:
     for part in trainable:
         for p in model.part_parameters(part):
             p.requires_grad_(True)
+
+
+def with_step_decay(optimizer: torch.optim.Optimizer, lr_drop: int, factor: float
+                    ) -> dict[str, Any]:
+    """Lightning's optimizer config with one x`factor` lr decay every `lr_drop` epochs."""
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, lr_drop, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 class CheckpointMetaMixin:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cellsam.models.cellsam import CellSAM
-from cellsam.systems.common import CheckpointMetaMixin, freeze_except
+from cellsam.systems.common import CheckpointMetaMixin, freeze_except, with_step_decay
 from cellsam.utils.distributed import all_reduce_mean, gather_records
 
 STAGE2_PARTS = ("trunk", "neck", "prompt_encoder", "mask_decoder")
@@ -209,10 +209,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         if not hp.lr_drop:
             return optimizer
-        # One step decay (x lr_drop_factor) after `lr_drop` epochs, as stage 1.
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, hp.lr_drop, hp.lr_drop_factor)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return with_step_decay(optimizer, hp.lr_drop, hp.lr_drop_factor)
 
     # -- validation -----------------------------------------------------------------------------
     @torch.no_grad()

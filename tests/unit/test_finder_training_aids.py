@@ -155,3 +155,16 @@ def test_render_scaled_enlarges_cells() -> None:
     assert np.abs(image[:, ::2, ::2] - small_image).mean() < 0.02
     with pytest.raises(ValueError, match="cell_scale"):
         render_scaled("nuclei", 6, seed=3, cell_scale=3)
+
+
+def test_iou_aware_class_on_an_image_without_cells() -> None:
+    # No matches: every query is pushed to 0 with the same quality focal loss.
+    logits = torch.tensor([[[0.0], [2.0]]])
+    outputs = {"pred_logits": logits, "pred_boxes": torch.rand(1, 2, 4) * 0.5 + 0.25,
+               "aux_outputs": []}
+    targets = [{"boxes": torch.zeros(0, 4)}]
+    crit = SetCriterion(HungarianMatcher(), WEIGHTS, iou_aware_class=True)
+    losses = crit(outputs, targets, num_boxes=1.0)
+    expected = quality_focal_loss(logits, torch.zeros_like(logits), 2.0).sum()
+    assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0

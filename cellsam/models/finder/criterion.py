@@ -140,7 +140,7 @@ class SetCriterion(nn.Module):
         loss_giou = (1 - giou).sum() / num_boxes
 
         labels = torch.zeros(logits.shape, dtype=torch.float32, device=device)  # [B, Q, 1]
-        if self.iou_aware_class and len(query_idx):
+        if self.iou_aware_class:
             labels[batch_idx, query_idx, 0] = paired_box_iou(matched_xyxy, target_xyxy)[0].detach()
             loss_ce = quality_focal_loss(logits, labels, self.focal_gamma).sum() / num_boxes
         else:
@@ -185,7 +185,9 @@ class SetCriterion(nn.Module):
         H-DETR's "hybrid layer" scheme: intermediate layers match every cell to up to
         ``aux_one_to_many`` queries, which gives them several times more positive examples
         early in training, while the final layer stays one-to-one (no duplicates at
-        inference). Capped so that the copies still fit in the queries.
+        inference). Capped so that the copies still fit in the queries. `k` follows the
+        local batch, so under DDP ranks may use different k (each divides its aux terms by
+        `num_boxes * k`).
         """
         if self.aux_one_to_many == 1:
             return 1
