@@ -142,9 +142,10 @@ def init_sincos_position_embedding(encoder: ImageEncoderViT) -> None:
     SAM creates ``pos_embed [1, G, G, C]`` as zeros and learns it; a checkpoint overwrites
     it. A ViT trained from scratch with zeros there has only relative positions, so the
     detector's queries cannot tell where in the image a feature lies until the embedding
-    has been learned (measured on the tiny config: box recall stays low for hundreds of
-    steps). Fixed sin/cos values (as MAE uses) give that from the first step and are
-    still learned. Half the channels encode y, half x.
+    has been learned. Fixed sin/cos values (as MAE uses) give that from the first step and
+    are still learned (on the tiny quickstart its measured effect was within run-to-run
+    noise: AP50 0.43 -> 0.50 on nuclei-only data, 0.22 -> 0.16 on mixed, at 800 steps).
+    Half the channels encode y, half x.
     """
     pos = encoder.pos_embed
     if pos is None:

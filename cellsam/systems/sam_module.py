@@ -153,7 +153,8 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         labels = batch["labels"].to(self.device)
         label_hw = tuple(labels.shape[-2:])
         # The loss runs at the label size by default; `loss_size` trades that for speed
-        # (a 512 px label costs 4x a 256 px one in upsampling and loss, most of a CPU step).
+        # (a 512 px label has 4x the pixels of 256 px to upsample and score; measured on the
+        # quickstart with the skip below: 0.34 -> 0.26 s per step under the profiler).
         loss_hw = (hp.loss_size, hp.loss_size) if hp.loss_size else label_hw
         focal, dice, iou_mse = [], [], []
         for i, target in enumerate(batch["targets"]):
@@ -174,7 +175,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
                 gt = gt_f >= 0.5
             if self.weights.get("mask_focal", 0.0):
                 focal.append(sigmoid_focal_loss(logits, gt_f, hp.focal_alpha, hp.focal_gamma))
-            else:  # weight 0: skip the [K, H, W] focal terms (a third of a CPU step)
+            else:  # weight 0: skip computing the [K, H, W] focal terms
                 focal.append(logits.new_zeros(logits.shape[0]))
             dice.append(dice_loss(logits, gt_f))
             # SAM's IoU head target: IoU of the thresholded prediction with the truth (no grad)

@@ -2,10 +2,11 @@
 
 Anchor DETR queries find "their" part of the image only through learned position
 embeddings, which start out unrelated to the anchors; training first sits on a plateau
-where every query reads the same global average (measured on the tiny config: hundreds of
-steps). SMCA-DETR (Gao et al., ICCV 2021) adds a Gaussian around each query's reference
-point to the cross-attention logits instead. With RCDA that prior factorises exactly into
-a term over x for the row softmax and one over y for the column softmax, so it costs two
+where every query reads the same global average (measured on the tiny config: all query
+logits alike, std < 1e-4, for the first 60-140 steps even when fitting two images).
+SMCA-DETR (Gao et al., ICCV 2021) adds a Gaussian around each query's reference point to
+the cross-attention logits instead. With RCDA that prior factorises exactly into a term
+over x for the row softmax and one over y for the column softmax, so it costs two
 ``[h, Q, W]``-sized additions. Off by default (the paper's model has no prior).
 """
 
