@@ -38,6 +38,9 @@ class InferenceSettings:
     box_batch_size: int = 64  # box prompts decoded together
     decoder: str = "fast"  # fast | standard (same masks; see cellsam.inference.decode)
     max_detections: int | None = None  # keep at most this many boxes (highest scores)
+    # Drop a cell whose mask shares more than this fraction of the smaller of the two areas
+    # with a higher-scored kept cell (mask NMS). null: keep all, as the paper and release do.
+    duplicate_overlap: float | None = None
     # Masks are upsampled only inside the box grown by this fraction of its size (+2 px);
     # pixels further out count as background. null: whole image (exact, slow, memory-heavy).
     mask_margin: float | None = 0.5
@@ -66,6 +69,9 @@ class InferenceSettings:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.box_batch_size < 1 or self.tile_batch_size < 1:
             raise ValueError("box_batch_size and tile_batch_size must be >= 1")
+        if self.duplicate_overlap is not None and not 0.0 < self.duplicate_overlap <= 1.0:
+            raise ValueError(f"duplicate_overlap must be in (0, 1] or None, got "
+                             f"{self.duplicate_overlap}")
         if not 0.0 <= self.tile_overlap < 0.5:
             raise ValueError(f"tile_overlap must be in [0, 0.5), got {self.tile_overlap}")
 
@@ -96,6 +102,12 @@ class InferenceSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def changed_from_preset(self) -> dict[str, Any]:
+        """The settings that differ from this preset's values (for result titles)."""
+        base = PRESETS.get(self.preset, PRESETS["paper"])
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.compare and getattr(self, f.name) != getattr(base, f.name)}
 
 
 PRESETS: dict[str, InferenceSettings] = {
@@ -210,14 +222,57 @@ def clean_mask(mask: np.ndarray, settings: InferenceSettings) -> np.ndarray:
 
 
 def postprocess_cells(cells: list[Cell], settings: InferenceSettings) -> list[Cell]:
-    """Clean every cell's mask (see `clean_mask`); drop empty ones; tighten crops."""
+    """Clean every cell's mask (see `clean_mask`); drop empty ones; tighten crops; then,
+    with `settings.duplicate_overlap`, drop duplicates (see `suppress_duplicates`)."""
     out = []
     for cell in cells:
         cell.mask = clean_mask(cell.mask, settings)
         tight = cell.tighten()
         if tight is not None:
             out.append(tight)
+    if settings.duplicate_overlap is not None:
+        out = suppress_duplicates(out, settings.duplicate_overlap)
     return out
+
+
+def suppress_duplicates(cells: list[Cell], max_overlap: float) -> list[Cell]:
+    """Mask non-maximum suppression over cells given in decreasing priority (box score).
+
+    A cell is dropped when its intersection with an already kept cell exceeds `max_overlap`
+    times the smaller of the two areas. Intersection over the smaller area, not IoU, so that
+    a fragment lying inside a whole cell counts as a duplicate of it. Only kept cells whose
+    crops overlap the candidate's crop are compared (one vectorised test per cell).
+    """
+    if not cells:
+        return []
+    windows = np.array([c.bbox for c in cells])  # [N, 4] y0, x0, y1, x1
+    kept: list[int] = []
+    for i, cell in enumerate(cells):
+        duplicate = False
+        if kept:
+            k = np.asarray(kept)
+            w, other = windows[i], windows[k]
+            near = k[(other[:, 0] < w[2]) & (other[:, 2] > w[0])
+                     & (other[:, 1] < w[3]) & (other[:, 3] > w[1])]
+            for j in near:
+                inter = _crop_intersection(cell, cells[j])
+                if inter > max_overlap * min(cell.area, cells[j].area):
+                    duplicate = True
+                    break
+        if not duplicate:
+            kept.append(i)
+    return [cells[i] for i in kept]
+
+
+def _crop_intersection(a: Cell, b: Cell) -> int:
+    """Pixels shared by two cells' masks (their crops placed in the image)."""
+    y0, x0 = max(a.y0, b.y0), max(a.x0, b.x0)
+    y1, x1 = min(a.bbox[2], b.bbox[2]), min(a.bbox[3], b.bbox[3])
+    if y1 <= y0 or x1 <= x0:
+        return 0
+    ma = a.mask[y0 - a.y0:y1 - a.y0, x0 - a.x0:x1 - a.x0]
+    mb = b.mask[y0 - b.y0:y1 - b.y0, x0 - b.x0:x1 - b.x0]
+    return int(np.count_nonzero(ma & mb))
 
 
 # -- label composition -----------------------------------------------------------------------------

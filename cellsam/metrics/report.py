@@ -385,6 +385,9 @@ def write_results(
     if meta:
         title = " ".join(f"{k}={meta[k]}" for k in ("checkpoint", "split", "inference_preset")
                          if k in meta)
+        changes = meta.get("inference_changes")
+        if changes:
+            title += " (changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()) + ")"
     paths["md"].write_text(markdown_table(results, variant, compare, title))
     _bar_chart(paths["png"], rows, variant, compare)
     return paths

@@ -119,6 +119,7 @@ def run_evaluation(
         "checkpoint": str(ckpt_path), "split": split, "stage": meta.get("stage"),
         "trained_on": meta.get("datasets"), "datasets": list(datasets),
         "inference_preset": predictor.settings.preset,
+        "inference_changes": predictor.settings.changed_from_preset(),
         "inference": predictor.settings.to_dict(), "device": str(predictor.device),
         "max_images": max_images, "seconds": round(time.perf_counter() - start, 2),
     }

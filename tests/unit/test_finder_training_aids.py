@@ -168,3 +168,49 @@ def test_iou_aware_class_on_an_image_without_cells() -> None:
     expected = quality_focal_loss(logits, torch.zeros_like(logits), 2.0).sum()
     assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0
+
+
+def test_spatial_prior_per_image_points_equal_per_image_calls() -> None:
+    prior = AnchorSpatialPrior(num_heads=3)
+    points = torch.rand(2, 5, 2)  # [B, Q, 2]
+    pos_x, pos_y = torch.linspace(0, 1, 7), torch.linspace(0, 1, 4)
+    row, col = prior(points, pos_x, pos_y)
+    assert row.shape == (2, 3, 5, 7) and col.shape == (2, 3, 5, 4)
+    for b in range(2):
+        r, c = prior(points[b], pos_x, pos_y)
+        assert torch.equal(row[b], r) and torch.equal(col[b], c)
+
+
+def _finder(**kw) -> CellFinder:
+    torch.manual_seed(0)
+    return CellFinder(in_channels=16, hidden_dim=32, ffn_dim=64, num_heads=4,
+                      num_encoder_layers=1, num_decoder_layers=3, num_queries=16,
+                      spatial_prior=True, **kw)
+
+
+def test_box_refine_moves_each_layers_reference_to_the_previous_centres() -> None:
+    plain, refined = _finder(), _finder(box_refine=True)
+    assert set(plain.state_dict()) == set(refined.state_dict())  # no new weights
+    x = torch.randn(2, 16, 6, 5)
+    # Zero-initialised box offsets: every centre is its anchor, so refining changes nothing
+    # (up to sigmoid(inverse_sigmoid(a)) rounding).
+    a, b = plain(x), refined(x)
+    assert torch.allclose(a["pred_boxes"], b["pred_boxes"], atol=1e-5)
+    with torch.no_grad():
+        last = refined.bbox_embed.layers[-1]
+        last.weight.normal_(0, 0.5)
+        plain.bbox_embed.layers[-1].load_state_dict(last.state_dict())
+    a, b = plain(x), refined(x)
+    layers_a = [o["pred_boxes"] for o in a["aux_outputs"]] + [a["pred_boxes"]]
+    layers_b = [o["pred_boxes"] for o in b["aux_outputs"]] + [b["pred_boxes"]]
+    assert torch.equal(layers_a[0], layers_b[0])  # the first layer starts from the anchors
+    assert not torch.allclose(layers_a[1], layers_b[1])
+    # Layer l's reference points are layer l-1's centres.
+    hs, refs = refined.transformer(refined.input_proj(x), refined._refined_centres)
+    assert hs.shape == (3, 2, 16, 32) and refs.shape == (3, 2, 16, 2)
+    for layer in (1, 2):
+        assert torch.allclose(refs[layer], layers_b[layer - 1][..., :2], atol=1e-6)
+    assert torch.allclose(refs[0], refined.transformer.anchors().expand(2, -1, -1))
+    assert torch.allclose(refined._boxes(hs[2], refs[2]), layers_b[2], atol=1e-6)
+    b["pred_boxes"].sum().backward()
+    assert refined.transformer.decoder_layers[2].spatial_prior.log_sigma.grad is not None

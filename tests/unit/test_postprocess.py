@@ -19,6 +19,7 @@ from cellsam.inference.postprocess import (
     label_dtype,
     postprocess_cells,
     score_threshold,
+    suppress_duplicates,
     two_means_1d,
 )
 
@@ -133,3 +134,30 @@ def test_postprocess_cells_tightens_crops():
     assert (out.y0, out.x0, out.mask.shape, out.logits.shape) == (105, 56, (10, 10), (10, 10))
     assert postprocess_cells([Cell(0, 0, np.zeros((4, 4), bool), 0.5, 0.5, np.zeros(4))],
                              InferenceSettings()) == []
+
+
+def test_suppress_duplicates_by_overlap_of_the_smaller_area():
+    big = _cell(0, 0, 10, 10, score=0.9)         # area 100
+    inside = _cell(2, 2, 4, 4, score=0.8)        # area 16, all inside `big`: a fragment
+    neighbour = _cell(0, 8, 10, 10, score=0.7)   # shares 2 x 10 = 20 px: 20 % of 100
+    far = _cell(30, 30, 5, 5, score=0.6)         # crops do not overlap
+    half = _cell(0, 15, 10, 10, score=0.5)       # shares 10 x 3 = 30 px of `neighbour`'s 100
+    kept = suppress_duplicates([big, inside, neighbour, far, half], max_overlap=0.25)
+    assert kept == [big, neighbour, far]         # 16/16 > 0.25, 0.2 <= 0.25, 0.3 > 0.25
+    kept = suppress_duplicates([big, inside, neighbour, far, half], max_overlap=0.35)
+    assert kept == [big, neighbour, far, half]
+    assert suppress_duplicates([], 0.5) == []
+    # order is priority: the lower-scored fragment goes, whichever is larger
+    assert suppress_duplicates([inside, big], 0.5) == [inside]
+
+
+def test_suppress_duplicates_in_postprocess_and_settings():
+    a, b = _cell(0, 0, 10, 10, score=0.9), _cell(1, 1, 10, 10, score=0.8)  # 81 % shared
+    assert len(postprocess_cells([a, b], InferenceSettings())) == 2  # paper: off
+    s = InferenceSettings(duplicate_overlap=0.5)
+    assert [c.score for c in postprocess_cells([a, b], s)] == [0.9]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="duplicate_overlap"):
+            InferenceSettings(duplicate_overlap=bad)
+    assert s.changed_from_preset() == {"duplicate_overlap": 0.5}
+    assert InferenceSettings.from_preset("release").changed_from_preset() == {}

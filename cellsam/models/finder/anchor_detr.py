@@ -4,8 +4,10 @@ Behaviour follows Anchor DETR (Wang et al., AAAI 2022): post-norm layers; RCDA
 self-attention in the encoder; in the decoder standard self-attention among queries,
 then RCDA cross-attention to the encoder memory, then an FFN. Queries are
 ``num_patterns x num_queries``: every learned anchor point (x, y) in [0, 1] is paired with
-every pattern embedding. Anchors do not move between decoder layers (no iterative
-refinement), so their position embeddings are computed once per forward.
+every pattern embedding. In the original, anchors do not move between decoder layers, so
+their position embeddings are computed once per forward. Optionally (``forward(src,
+refine)``, off in the paper's model) each layer's predicted centres become the next layer's
+reference points, as in Deformable DETR's iterative box refinement.
 
 Parameter names (``position``, ``pattern``, ``adapt_pos1d``, ``adapt_pos2d``,
 ``encoder_layers.i.self_attn.in_proj_weight``, ``decoder_layers.i.cross_attn``, ``norm1``,
@@ -14,6 +16,8 @@ Internally maps are channels-last ``[B, H, W, C]``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -169,13 +173,15 @@ class DecoderLayer(nn.Module):
         """
         Args:
             tgt: ``[B, Q, C]`` query content.
-            query_pos: ``[Q, C]`` 2-D anchor embedding (self-attention).
-            query_pos_x: ``[Q, C]`` anchor-x embedding (row attention).
-            query_pos_y: ``[Q, C]`` anchor-y embedding (column attention).
+            query_pos: ``[Q, C]`` (or ``[B, Q, C]`` once refined) 2-D reference-point
+                embedding (self-attention).
+            query_pos_x: ``[Q, C]`` or ``[B, Q, C]`` x embedding (row attention).
+            query_pos_y: ``[Q, C]`` or ``[B, Q, C]`` y embedding (column attention).
             memory: ``[B, H, W, C]`` encoder output (values).
             key_row: ``[B, W, C]`` memory averaged over y, plus x-embedding.
             key_col: ``[B, H, C]`` memory averaged over x, plus y-embedding.
-            geometry: ``(anchors [Q, 2], pos_x [W], pos_y [H])`` for the spatial prior.
+            geometry: ``(ref [Q, 2] or [B, Q, 2], pos_x [W], pos_y [H])`` for the spatial
+                prior.
 
         Returns:
             ``[B, Q, C]``.
@@ -282,14 +288,27 @@ class AnchorDetrTransformer(nn.Module):
         raw = pos2posemb1d(pos, self.hidden_dim)
         return self.adapt_pos1d(raw.to(self.adapt_pos1d[0].weight.dtype))
 
-    def forward(self, src: Tensor) -> tuple[Tensor, Tensor]:
+    def query_embeddings(self, ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Reference points ``[..., Q, 2]`` -> 2-D, x and y embeddings, each ``[..., Q, C]``."""
+        c = self.hidden_dim
+        emb_dtype = self.adapt_pos2d[0].weight.dtype
+        query_pos = self.adapt_pos2d(pos2posemb2d(ref, c // 2).to(emb_dtype))
+        query_pos_xy = self._embed1d(ref.movedim(-1, 0))  # [2, ..., Q, C]: x then y
+        return query_pos, query_pos_xy[0], query_pos_xy[1]
+
+    def forward(self, src: Tensor, refine: Callable[[Tensor, Tensor], Tensor] | None = None
+                ) -> tuple[Tensor, Tensor]:
         """
         Args:
             src: ``[B, C, H, W]`` projected features (C = hidden_dim).
+            refine: optional ``(states [B, Q, C], ref [..., Q, 2]) -> centres [B, Q, 2]``
+                (the box head's centres); each layer's centres, detached, are the next
+                layer's reference points (position embeddings and spatial prior).
 
         Returns:
-            ``(hs [L, B, Q, C], anchors [Q, 2])``: the output of every decoder layer
-            (L = num_decoder_layers, last one last) and each query's anchor point.
+            ``(hs [L, B, Q, C], refs [L, B, Q, 2])``: the output of every decoder layer
+            (L = num_decoder_layers, last one last) and the reference point (x, y) each
+            layer's queries used: the anchors for all layers when ``refine`` is None.
         """
         b, c, h, w = src.shape
         memory = src.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]
@@ -301,22 +320,20 @@ class AnchorDetrTransformer(nn.Module):
         for layer in self.encoder_layers:
             memory = layer(memory, posemb_row, posemb_col)
 
-        anchors = self.anchors()  # [Q, 2]
-        emb_dtype = self.adapt_pos2d[0].weight.dtype
-        query_pos = self.adapt_pos2d(pos2posemb2d(anchors, c // 2).to(emb_dtype))  # [Q, C]
-        query_pos_xy = self._embed1d(anchors.t())  # [2, Q, C]: x then y
-        query_pos_x, query_pos_y = query_pos_xy[0], query_pos_xy[1]
+        ref = self.anchors()  # [Q, 2], then [B, Q, 2] once refined
+        embeddings = self.query_embeddings(ref)
         # The memory is the same for every decoder layer, so its axis means are taken once.
         key_row = memory.mean(dim=1) + posemb_row  # [B, W, C]
         key_col = memory.mean(dim=2) + posemb_col  # [B, H, C]
 
         pattern = self.pattern.weight.repeat_interleave(self.num_queries, dim=0)  # [Q, C]
         tgt = pattern.unsqueeze(0).expand(b, -1, -1)
-        states = []
-        for layer in self.decoder_layers:
-            tgt = layer(
-                tgt, query_pos, query_pos_x, query_pos_y, memory, key_row, key_col,
-                (anchors, pos_x, pos_y),
-            )
+        states, refs = [], []
+        for i, layer in enumerate(self.decoder_layers):
+            tgt = layer(tgt, *embeddings, memory, key_row, key_col, (ref, pos_x, pos_y))
             states.append(tgt)
-        return torch.stack(states), anchors
+            refs.append(ref.expand(b, -1, -1))
+            if refine is not None and i + 1 < len(self.decoder_layers):
+                ref = refine(tgt, ref).detach()
+                embeddings = self.query_embeddings(ref)
+        return torch.stack(states), torch.stack(refs)

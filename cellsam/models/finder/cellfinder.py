@@ -37,6 +37,10 @@ class CellFinder(nn.Module):
     anchor point: ``(cx, cy) = sigmoid(delta_xy + inverse_sigmoid(anchor))`` and
     ``(w, h) = sigmoid(delta_wh)``. The heads are shared by all decoder layers, so the
     auxiliary outputs supervise the same heads on intermediate states.
+
+    With ``box_refine`` (off in the paper's model) each decoder layer after the first takes
+    the previous layer's predicted centres as its reference points, and its boxes are
+    predicted relative to them (iterative box refinement, Deformable DETR).
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class CellFinder(nn.Module):
         position_init_gain: float = 1.0,
         spatial_prior: bool = False,
         anchor_init: str = "uniform",
+        box_refine: bool = False,
         prior_prob: float = 0.01,
         aux_loss: bool = True,
     ) -> None:
@@ -60,6 +65,7 @@ class CellFinder(nn.Module):
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
         self.aux_loss = aux_loss
+        self.box_refine = box_refine
         self.input_proj = nn.Sequential(
             nn.Conv2d(in_channels, hidden_dim, kernel_size=1),
             nn.GroupNorm(group_norm_groups(hidden_dim), hidden_dim),
@@ -99,17 +105,19 @@ class CellFinder(nn.Module):
         """Total number of queries Q (anchors x patterns)."""
         return self.transformer.num_total_queries
 
-    def _heads(self, hs: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
-        """``hs [..., Q, C]``, ``anchors [Q, 2]`` -> ``(logits [..., Q, 1], boxes [..., Q, 4])``."""
-        logits = self.class_embed(hs)
+    def _boxes(self, hs: Tensor, refs: Tensor) -> Tensor:
+        """``hs [..., Q, C]``, reference points ``refs [..., Q, 2]`` -> boxes ``[..., Q, 4]``."""
         delta = self.bbox_embed(hs)
-        # Anchor + offset and the sigmoid run in at least float32: in bf16 a centre near 0.5
-        # would be quantised to 2^-9 of the image (2 px at 1024) whatever the network says.
+        # Reference + offset and the sigmoid run in at least float32: in bf16 a centre near
+        # 0.5 would be quantised to 2^-9 of the image (2 px at 1024) whatever the network says.
         dtype = torch.promote_types(delta.dtype, torch.float32)
-        ref = inverse_sigmoid(anchors.to(dtype))
+        ref = inverse_sigmoid(refs.to(dtype))
         delta = delta.to(dtype)
-        boxes = torch.cat((delta[..., :2] + ref, delta[..., 2:]), dim=-1).sigmoid()
-        return logits, boxes
+        return torch.cat((delta[..., :2] + ref, delta[..., 2:]), dim=-1).sigmoid()
+
+    def _refined_centres(self, hs: Tensor, refs: Tensor) -> Tensor:
+        """One layer's box centres ``[B, Q, 2]``: the next layer's reference points."""
+        return self._boxes(hs, refs)[..., :2]
 
     def forward(self, features: Tensor) -> dict:
         """
@@ -124,9 +132,10 @@ class CellFinder(nn.Module):
             ``aux_loss`` is False (those layers' heads are then not evaluated). Boxes are
             float32 (or float64) even under bf16 autocast; logits keep the compute dtype.
         """
-        hs, anchors = self.transformer(self.input_proj(features))  # [L, B, Q, C], [Q, 2]
+        refine = self._refined_centres if self.box_refine else None
+        hs, refs = self.transformer(self.input_proj(features), refine)  # [L, B, Q, C], [L, B, Q, 2]
         if not self.aux_loss:
-            hs = hs[-1:]
-        logits, boxes = self._heads(hs, anchors)
+            hs, refs = hs[-1:], refs[-1:]
+        logits, boxes = self.class_embed(hs), self._boxes(hs, refs)
         aux = [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
         return {"pred_logits": logits[-1], "pred_boxes": boxes[-1], "aux_outputs": aux}

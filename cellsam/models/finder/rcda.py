@@ -104,8 +104,9 @@ class MultiheadRCDA(nn.Module):
             query_col: ``[B, Q, C]`` queries carrying y-position information.
             key_row: ``[B, W, C]`` keys averaged over y.
             key_col: ``[B, H, C]`` keys averaged over x.
-            prior: optional ``(prior_row [h, Q, W], prior_col [h, Q, H])`` added to the
-                logits before the softmaxes (a spatial prior, see ``AnchorSpatialPrior``).
+            prior: optional ``(prior_row [h, Q, W], prior_col [h, Q, H])`` (or with a
+                leading ``B``) added to the logits before the softmaxes (a spatial prior,
+                see ``AnchorSpatialPrior``).
 
         Returns:
             ``(attn_row [B, h, Q, W], attn_col [B, h, Q, H])``.

@@ -42,15 +42,17 @@ class AnchorSpatialPrior(nn.Module):
     def forward(self, anchors: Tensor, pos_x: Tensor, pos_y: Tensor) -> tuple[Tensor, Tensor]:
         """
         Args:
-            anchors: ``[Q, 2]`` anchor points (x, y) in [0, 1].
+            anchors: ``[..., Q, 2]`` reference points (x, y) in [0, 1]: the anchors ``[Q, 2]``
+                or per-image refined points ``[B, Q, 2]``.
             pos_x: ``[W]`` normalised x of the map's columns.
             pos_y: ``[H]`` normalised y of the map's rows.
 
         Returns:
-            ``(prior_row [h, Q, W], prior_col [h, Q, H])`` float32 logits (0 at the anchor).
+            ``(prior_row [..., h, Q, W], prior_col [..., h, Q, H])`` float32 logits (0 at
+            the point).
         """
         inv_var = torch.exp(-2.0 * self.log_sigma.float())[:, None, None] * 0.5  # [h, 1, 1]
         anchors = anchors.float()
-        dx = anchors[:, 0, None] - pos_x.float()[None, :]  # [Q, W]
-        dy = anchors[:, 1, None] - pos_y.float()[None, :]  # [Q, H]
-        return -(dx**2) * inv_var, -(dy**2) * inv_var
+        dx = anchors[..., 0, None] - pos_x.float()  # [..., Q, W]
+        dy = anchors[..., 1, None] - pos_y.float()  # [..., Q, H]
+        return -(dx**2).unsqueeze(-3) * inv_var, -(dy**2).unsqueeze(-3) * inv_var
