@@ -9,6 +9,8 @@ state-dict layout of the released checkpoints (`image_encoder.*`, `prompt_encode
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from dataclasses import dataclass, replace
 from functools import partial
@@ -73,18 +75,29 @@ class SamCheckpointError(RuntimeError):
 
 
 def build_sam(
-    variant: str = "vit_b", checkpoint: str | Path | None = None, image_size: int | None = None
+    variant: str = "vit_b", checkpoint: str | Path | None = None, image_size: int | None = None,
+    prompt_dim: int | None = None,
 ) -> Sam:
     """Build SAM of a named size (`vit_b`, `vit_l`, `vit_h`, `tiny`), optionally loading weights.
 
     `image_size` overrides the variant's input size (the ViT's position embedding follows
-    it, so an official checkpoint only loads at its own size).
+    it, so an official checkpoint only loads at its own size). `prompt_dim` overrides the
+    width of the neck's output, the prompt encoder and the mask decoder (for models trained
+    from scratch; official checkpoints only load at their own, 256).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose from {sorted(VARIANTS)}")
     v = VARIANTS[variant]
     if image_size is not None:
         v = replace(v, image_size=int(image_size))
+    if prompt_dim is not None:
+        step = math.lcm(8, 2 * v.decoder_heads)
+        if int(prompt_dim) < step or int(prompt_dim) % step:
+            # The decoder's upscaled map has prompt_dim / 8 channels, and its cross-attention
+            # splits prompt_dim / 2 over the heads.
+            raise ValueError(f"prompt_dim must be a positive multiple of {step} for SAM "
+                             f"{variant} ({v.decoder_heads} decoder heads), got {prompt_dim}")
+        v = replace(v, prompt_dim=int(prompt_dim))
     if v.image_size % v.patch_size:
         raise ValueError(f"image_size {v.image_size} is not a multiple of patch {v.patch_size}")
     grid = v.image_size // v.patch_size

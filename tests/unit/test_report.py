@@ -128,6 +128,12 @@ def test_writers(tmp_path):
         assert header in md
     assert "| deepbacs | 4 | 5 |" in md and "0.931" in md and "| all |" in md
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    # settings changed from the preset are named in the table's title
+    meta = {"checkpoint": "x.ckpt", "split": "test", "inference_preset": "paper",
+            "inference_changes": {"box_threshold": 0.25, "duplicate_overlap": 0.5}}
+    md = write_results(tmp_path, results, meta)["md"].read_text()
+    assert md.startswith("### checkpoint=x.ckpt split=test inference_preset=paper (changed: "
+                         "box_threshold=0.25, duplicate_overlap=0.5)")
 
 
 def test_markdown_without_paper():

@@ -113,3 +113,25 @@ def test_trunk_features_match_encoder_and_parts_train():
     sam.image_encoder.neck(trunk_features(sam.image_encoder, x)).mean().backward()
     assert sam.image_encoder.patch_embed.proj.weight.grad is not None
     assert sam.image_encoder.neck[0].weight.grad is not None
+
+
+def test_prompt_dim_override_widens_neck_prompts_and_decoder():
+    sam = _tiny(image_size=64, prompt_dim=128)
+    sd = sam.state_dict()
+    assert tuple(sd["image_encoder.neck.0.weight"].shape) == (128, 96, 1, 1)
+    assert tuple(sd["mask_decoder.iou_token.weight"].shape) == (1, 128)
+    assert tuple(sd["mask_decoder.output_upscaling.3.weight"].shape) == (32, 16, 2, 2)
+    # the trunk is unchanged, so stage-1 weights of the plain tiny model load into it
+    plain = _tiny(image_size=64).state_dict()
+    assert all(torch.Size(plain[k].shape) == v.shape for k, v in sd.items()
+               if k.startswith("image_encoder.") and not k.startswith("image_encoder.neck"))
+    image = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        emb = sam.image_encoder(sam.preprocess(image))
+        sparse, dense = sam.prompt_encoder(None, torch.tensor([[8.0, 8.0, 40.0, 40.0]]), None)
+        masks, iou = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense,
+                                      multimask_output=False)
+    assert emb.shape == (1, 128, 4, 4) and masks.shape == (1, 1, 16, 16) and iou.shape == (1, 1)
+    for bad in (0, 100, 36):  # tiny: multiples of lcm(8, 2 x 4 heads) = 8
+        with pytest.raises(ValueError, match="prompt_dim must be a positive multiple of 8"):
+            _tiny(prompt_dim=bad)
