@@ -10,7 +10,6 @@ state-dict layout of the released checkpoints (`image_encoder.*`, `prompt_encode
 from __future__ import annotations
 
 import math
-
 import warnings
 from dataclasses import dataclass, replace
 from functools import partial
