@@ -2,13 +2,14 @@
 
 Runs what `bash scripts/quickstart.sh` runs (stage 1 `experiment=quickstart`, stage 2 from
 its `last.ckpt` with `experiment=quickstart_sam`, then the evaluation on the synthetic test
-split), with the same seeds and epoch counts but without the `max_time` safety limit, so the
-numbers do not depend on how fast the machine is. The issues' targets are stage-1 validation
-box AP50 >= 0.6, stage-2 validation mask IoU >= 0.75 with ground-truth box prompts and test
-`f1_50_mean` >= 0.7. Measured so far: box AP50 0.53-0.60, mask IoU 0.72-0.73, F1 0.47-0.55
-(README, "Status"; this test: 0.601, 0.726, 0.474). The asserts below are those figures
-less a margin for spread across machines: they fail if training stops learning, and get
-raised as the targets are reached. About 9 minutes on 2 CPU cores; `-s` shows the figures.
+split), with the same seeds and epoch counts but without the `max_time` safety limits, so
+the numbers do not depend on how fast the machine is. The issues' targets are stage-1
+validation box AP50 >= 0.6, stage-2 validation mask IoU >= 0.75 with ground-truth box
+prompts and test `f1_50_mean` >= 0.7. This run reaches 0.618, 0.760 and 0.784 (README,
+"Quickstart"). The asserts are those figures less a margin for spread across machines
+(numerics differ between CPUs, and this stage 1 is one seed of a spread of about +-0.1 in
+AP50): they fail if training stops learning. About 9 minutes on 2 CPU cores; `-s` shows
+the figures.
 """
 
 from __future__ import annotations
@@ -41,6 +42,6 @@ def test_quickstart_meets_learning_targets(tmp_path):
     print(f"\nquickstart: stage-1 val box AP50 {box_ap50:.3f}; stage-2 val mask IoU "
           f"(ground-truth boxes) {mask_iou:.3f}; test f1_50_mean {f1:.3f} "
           f"(precision {results['precision_50']:.3f}, recall {results['recall_50']:.3f})")
-    assert box_ap50 >= 0.45
-    assert mask_iou >= 0.6
-    assert f1 >= 0.4
+    assert box_ap50 >= 0.5
+    assert mask_iou >= 0.72
+    assert f1 >= 0.7
