@@ -246,6 +246,7 @@ def suppress_duplicates(cells: list[Cell], max_overlap: float) -> list[Cell]:
     if not cells:
         return []
     windows = np.array([c.bbox for c in cells])  # [N, 4] y0, x0, y1, x1
+    areas = [c.area for c in cells]
     kept: list[int] = []
     for i, cell in enumerate(cells):
         duplicate = False
@@ -256,7 +257,7 @@ def suppress_duplicates(cells: list[Cell], max_overlap: float) -> list[Cell]:
                      & (other[:, 1] < w[3]) & (other[:, 3] > w[1])]
             for j in near:
                 inter = _crop_intersection(cell, cells[j])
-                if inter > max_overlap * min(cell.area, cells[j].area):
+                if inter > max_overlap * min(areas[i], areas[j]):
                     duplicate = True
                     break
         if not duplicate:
