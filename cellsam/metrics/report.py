@@ -40,6 +40,7 @@ __all__ = [
     "markdown_table",
     "paper_dataset",
     "paper_f1",
+    "results_title",
     "summarize",
     "write_results",
 ]
@@ -351,6 +352,18 @@ def _bar_chart(path: Path, rows: list[dict[str, Any]], variant: str, compare: bo
     fig.savefig(path, dpi=120)
 
 
+def results_title(meta: dict[str, Any] | None) -> str | None:
+    """Table title from run metadata: checkpoint, split, preset and any changed settings."""
+    if not meta:
+        return None
+    title = " ".join(f"{k}={meta[k]}" for k in ("checkpoint", "split", "inference_preset")
+                     if k in meta)
+    changes = meta.get("inference_changes")
+    if changes:
+        title += " (changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()) + ")"
+    return title
+
+
 def write_results(
     output_dir: str | Path,
     results: Mapping[str, Mapping[str, Any]],
@@ -381,13 +394,6 @@ def write_results(
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([_clean(r) for r in rows])
-    title = None
-    if meta:
-        title = " ".join(f"{k}={meta[k]}" for k in ("checkpoint", "split", "inference_preset")
-                         if k in meta)
-        changes = meta.get("inference_changes")
-        if changes:
-            title += " (changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()) + ")"
-    paths["md"].write_text(markdown_table(results, variant, compare, title))
+    paths["md"].write_text(markdown_table(results, variant, compare, results_title(meta)))
     _bar_chart(paths["png"], rows, variant, compare)
     return paths

@@ -30,7 +30,7 @@ from cellsam.callbacks.segmentation_metrics import batch_records
 from cellsam.data.datamodule import collate
 from cellsam.inference.postprocess import InferenceSettings
 from cellsam.inference.predictor import CellSAMPredictor, resolve_device
-from cellsam.metrics.report import markdown_table, summarize, write_results
+from cellsam.metrics.report import markdown_table, results_title, summarize, write_results
 from cellsam.utils.checkpoint import load_model
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ def run_evaluation(
         "max_images": max_images, "seconds": round(time.perf_counter() - start, 2),
     }
     paths = write_results(output_dir, results, run_meta, chosen, compare_with_paper)
-    table = markdown_table(results, chosen, compare_with_paper,
-                           f"{Path(str(ckpt_path)).name} on {split}")
+    table = markdown_table(results, chosen, compare_with_paper, results_title(run_meta))
     print(table, flush=True)
     log.info("results written to %s", paths["json"])
     return {**results, "meta": {**run_meta, "paper_variant": chosen}}
