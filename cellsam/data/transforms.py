@@ -63,10 +63,11 @@ def zoom_crop(
     return out_img, out_lab
 
 
-def augment(
+def geometric(
     image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random augmentation of `image [3, H, W]` and `label [H, W]` (square inputs)."""
+    """Random flips, 90-degree rotation and zoom of `image [3, H, W]` and `label [H, W]`
+    together (square inputs)."""
     if _chance(cfg.hflip):
         image, label = image.flip(-1), label.flip(-1)
     if _chance(cfg.vflip):
@@ -76,7 +77,14 @@ def augment(
         image, label = torch.rot90(image, k, (-2, -1)), torch.rot90(label, k, (-2, -1))
     if _chance(cfg.zoom_p):
         image, label = zoom_crop(image, label, _uniform(*cfg.zoom))
-    present = image.flatten(1).amax(1) > 0  # channels with signal; blank ones stay blank
+    return image, label
+
+
+def photometric(image: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Random gamma, blur and noise of `image [3, H, W]`, clamped to [0, 1]; channels that
+    are blank stay blank. Works at any resolution (the data module runs it at the smaller
+    of the stored and the model's input size, where it is cheapest)."""
+    present = image.flatten(1).amax(1) > 0
     if _chance(cfg.gamma_p):
         image = image.clamp_min(0) ** _uniform(*cfg.gamma)
     if _chance(cfg.blur_p):
@@ -85,8 +93,16 @@ def augment(
         image = gaussian_blur(image, [k, k], [sigma, sigma])
     if _chance(cfg.noise_p):
         image = image + cfg.noise_std * torch.randn_like(image)
-    image = (image * present[:, None, None]).clamp(0, 1)
-    return image.contiguous(), label.contiguous()
+    return (image * present[:, None, None]).clamp(0, 1)
+
+
+def augment(
+    image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random augmentation of `image [3, H, W]` and `label [H, W]` (square inputs):
+    `geometric`, then `photometric` at the same resolution."""
+    image, label = geometric(image, label, cfg)
+    return photometric(image, cfg).contiguous(), label.contiguous()
 
 
 def label_targets(label: torch.Tensor, min_size: int = 2) -> dict[str, torch.Tensor]:

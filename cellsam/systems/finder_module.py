@@ -39,6 +39,8 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         focal_gamma: float = 2.0,
         aux_one_to_many: int = 1,
         iou_aware_class: bool = False,
+        one_to_many_k: int = 6,
+        one_to_many_weight: float = 1.0,
         coco_every_n_epochs: int = 1,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -54,7 +56,14 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         )
         weights = dict(loss_weights or {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0})
         self.criterion = SetCriterion(
-            matcher, weights, focal_alpha, focal_gamma, aux_one_to_many, iou_aware_class
+            matcher,
+            weights,
+            focal_alpha,
+            focal_gamma,
+            aux_one_to_many,
+            iou_aware_class,
+            one_to_many_k,
+            one_to_many_weight,
         )
         self._val_records: list[dict[str, Any]] = []
         self._last_val: dict[str, float] = {}

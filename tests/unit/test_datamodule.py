@@ -165,3 +165,36 @@ def test_collate_variable_counts():
     batch = collate(items)
     assert [len(t["boxes"]) for t in batch["targets"]] == [0, 3]
     assert batch["index"].tolist() == [0, 3]
+
+
+@pytest.mark.parametrize("input_size", [256, 1024])
+def test_photometric_runs_at_the_smaller_of_stored_and_input_size(
+    two_datasets, monkeypatch, input_size
+):
+    import cellsam.data.datamodule as datamodule
+
+    seen = []
+    original = datamodule.photometric
+
+    def spy(image, cfg):
+        seen.append(tuple(image.shape))
+        return original(image, cfg)
+
+    monkeypatch.setattr(datamodule, "photometric", spy)
+    dm = CellDataModule(
+        {"a": {"path": str(two_datasets / "a")}},
+        batch_size=1,
+        num_workers=0,
+        augment={"gamma_p": 1.0, "noise_p": 1.0, "blur_p": 0.0},
+        input_size=input_size,
+    )
+    dm.setup("fit")
+    item = dm.train_dataloader().dataset[0]
+    stored = 512
+    side = min(stored, input_size)
+    assert seen == [(3, side, side)]
+    assert item["image"].shape == (3, input_size, input_size)
+    assert item["label"].shape == (stored, stored)
+    assert item["image"][0].abs().max() == 0  # blank channel stays blank through both orders
+    assert 0 <= item["image"].min() and item["image"].max() <= 1
+    assert [len(b) for b in (item["boxes"], item["ids"])] == [2, 2]

@@ -107,8 +107,8 @@ def _grid_outputs(num_queries: int) -> dict:
 def test_aux_one_to_many_gives_aux_layers_k_matches_per_cell() -> None:
     targets = [{"boxes": torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1]])}]
     crit = SetCriterion(HungarianMatcher(), WEIGHTS, aux_one_to_many=3)
-    assert crit._aux_repeats(_grid_outputs(10), targets) == 3
-    assert crit._aux_repeats(_grid_outputs(5), targets) == 2  # capped: 2 cells x 2 <= 5
+    assert crit._aux_repeats(_grid_outputs(10), targets, 3) == 3
+    assert crit._aux_repeats(_grid_outputs(5), targets, 3) == 2  # capped: 2 cells x 2 <= 5
     # Final layer one-to-one: its loss equals the plain criterion's.
     plain = SetCriterion(HungarianMatcher(), WEIGHTS)(_grid_outputs(10), targets, 2.0)
     o2m = crit(_grid_outputs(10), targets, 2.0)

@@ -7,7 +7,10 @@ then RCDA cross-attention to the encoder memory, then an FFN. Queries are
 every pattern embedding. In the original, anchors do not move between decoder layers, so
 their position embeddings are computed once per forward. Optionally (``forward(src,
 refine)``, off in the paper's model) each layer's predicted centres become the next layer's
-reference points, as in Deformable DETR's iterative box refinement.
+reference points, as in Deformable DETR's iterative box refinement. Also optional (off in the
+paper's model): a second group of ``num_queries_one_to_many`` anchors decoded in training only
+(H-DETR's hybrid branch); the two groups never attend to each other, so the first group's
+outputs are exactly what the model gives without the branch.
 
 Parameter names (``position``, ``pattern``, ``adapt_pos1d``, ``adapt_pos2d``,
 ``encoder_layers.i.self_attn.in_proj_weight``, ``decoder_layers.i.cross_attn``, ``norm1``,
@@ -237,8 +240,11 @@ class AnchorDetrTransformer(nn.Module):
         position_init_gain: float = 1.0,
         spatial_prior: bool = False,
         anchor_init: str = "uniform",
+        num_queries_one_to_many: int = 0,
     ) -> None:
         super().__init__()
+        if num_queries_one_to_many < 0:
+            raise ValueError(f"num_queries_one_to_many must be >= 0, got {num_queries_one_to_many}")
         if hidden_dim % 4:
             # 2-D anchor embedding = two 1-D sin/cos embeddings of hidden_dim / 2 each.
             raise ValueError(f"hidden_dim must be a multiple of 4, got {hidden_dim}")
@@ -255,6 +261,10 @@ class AnchorDetrTransformer(nn.Module):
             for _ in range(num_decoder_layers)
         )
         self.position = nn.Embedding(num_queries, 2)  # anchor points (x, y)
+        # Hybrid branch (training only): its own anchors, sharing every other weight.
+        self.position_one_to_many = (
+            nn.Embedding(num_queries_one_to_many, 2) if num_queries_one_to_many else None
+        )
         self.pattern = nn.Embedding(num_patterns, hidden_dim)
         self.adapt_pos1d = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim)
@@ -266,6 +276,8 @@ class AnchorDetrTransformer(nn.Module):
         # grid, which leaves no part of the image far from an anchor; other weights keep
         # the original's init (PyTorch defaults, Xavier inside the attention modules).
         init_anchor_points(self.position.weight, anchor_init)
+        if self.position_one_to_many is not None:
+            init_anchor_points(self.position_one_to_many.weight, anchor_init)
         # At init every query has the same content, so queries differ only through their
         # anchor's position embedding; with PyTorch's default init that term is small and
         # training sits on a plateau (all queries alike) before it grows. A gain > 1 on the
@@ -278,6 +290,12 @@ class AnchorDetrTransformer(nn.Module):
     @property
     def num_total_queries(self) -> int:
         return self.num_queries * self.num_patterns
+
+    @property
+    def num_queries_one_to_many(self) -> int:
+        """Anchors of the hybrid branch (0 without one)."""
+        branch = self.position_one_to_many
+        return 0 if branch is None else branch.num_embeddings
 
     def anchors(self) -> Tensor:
         """``[Q, 2]`` anchor point (x, y) of every query, Q = num_patterns * num_queries."""
@@ -296,19 +314,27 @@ class AnchorDetrTransformer(nn.Module):
         query_pos_xy = self._embed1d(ref.movedim(-1, 0))  # [2, ..., Q, C]: x then y
         return query_pos, query_pos_xy[0], query_pos_xy[1]
 
-    def forward(self, src: Tensor, refine: Callable[[Tensor, Tensor], Tensor] | None = None
-                ) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        src: Tensor,
+        refine: Callable[[Tensor, Tensor], Tensor] | None = None,
+        one_to_many: bool = False,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
         """
         Args:
             src: ``[B, C, H, W]`` projected features (C = hidden_dim).
             refine: optional ``(states [B, Q, C], ref [..., Q, 2]) -> centres [B, Q, 2]``
                 (the box head's centres); each layer's centres, detached, are the next
                 layer's reference points (position embeddings and spatial prior).
+            one_to_many: also decode the hybrid branch's anchors (needs
+                ``num_queries_one_to_many > 0``).
 
         Returns:
             ``(hs [L, B, Q, C], refs [L, B, Q, 2])``: the output of every decoder layer
             (L = num_decoder_layers, last one last) and the reference point (x, y) each
-            layer's queries used: the anchors for all layers when ``refine`` is None.
+            layer's queries used: the anchors for all layers when ``refine`` is None. With
+            ``one_to_many`` the branch's ``(hs [L, B, Q2, C], refs [L, B, Q2, 2])`` follow
+            (Q2 = num_patterns * num_queries_one_to_many).
         """
         b, c, h, w = src.shape
         memory = src.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]
@@ -320,17 +346,35 @@ class AnchorDetrTransformer(nn.Module):
         for layer in self.encoder_layers:
             memory = layer(memory, posemb_row, posemb_col)
 
-        ref = self.anchors()  # [Q, 2], then [B, Q, 2] once refined
-        embeddings = self.query_embeddings(ref)
         # The memory is the same for every decoder layer, so its axis means are taken once.
-        key_row = memory.mean(dim=1) + posemb_row  # [B, W, C]
-        key_col = memory.mean(dim=2) + posemb_col  # [B, H, C]
+        keys = (memory.mean(dim=1) + posemb_row, memory.mean(dim=2) + posemb_col)
+        context = (memory, keys, pos_x, pos_y, refine)
+        out = self._decode(self.position.weight, *context)
+        if not one_to_many:
+            return out
+        if self.position_one_to_many is None:
+            raise ValueError("one_to_many=True needs num_queries_one_to_many > 0")
+        return (*out, *self._decode(self.position_one_to_many.weight, *context))
 
-        pattern = self.pattern.weight.repeat_interleave(self.num_queries, dim=0)  # [Q, C]
+    def _decode(
+        self,
+        points: Tensor,
+        memory: Tensor,
+        keys: tuple[Tensor, Tensor],
+        pos_x: Tensor,
+        pos_y: Tensor,
+        refine: Callable[[Tensor, Tensor], Tensor] | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Decoder layers for one query group: anchor points ``[N, 2]``, each paired with
+        every pattern -> ``(hs [L, B, Q, C], refs [L, B, Q, 2])``, Q = num_patterns * N."""
+        b, n = memory.shape[0], points.shape[0]
+        ref = points.repeat(self.num_patterns, 1)  # [Q, 2], then [B, Q, 2] once refined
+        embeddings = self.query_embeddings(ref)
+        pattern = self.pattern.weight.repeat_interleave(n, dim=0)  # [Q, C]
         tgt = pattern.unsqueeze(0).expand(b, -1, -1)
         states, refs = [], []
         for i, layer in enumerate(self.decoder_layers):
-            tgt = layer(tgt, *embeddings, memory, key_row, key_col, (ref, pos_x, pos_y))
+            tgt = layer(tgt, *embeddings, memory, *keys, (ref, pos_x, pos_y))
             states.append(tgt)
             refs.append(ref.expand(b, -1, -1))
             if refine is not None and i + 1 < len(self.decoder_layers):

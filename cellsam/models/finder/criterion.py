@@ -15,6 +15,7 @@ __all__ = ["LOSS_NAMES", "SetCriterion", "quality_focal_loss", "sigmoid_focal_lo
 
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 _AUX_SUFFIX = re.compile(r"_\d+$")
+_ONE_TO_MANY = "_one_to_many"
 
 
 def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -79,6 +80,11 @@ class SetCriterion(nn.Module):
     pairs; aux layer ``i`` adds ``loss_ce_i``, ``loss_bbox_i``, ``loss_giou_i``. A batch
     without any cell still gets a classification loss (all queries pushed to background)
     and box terms that are zero but attached to the graph.
+
+    Outputs with a ``"one_to_many"`` entry (CellFinder's hybrid branch, training only) add
+    ``loss_ce_one_to_many``, ..., ``loss_giou_one_to_many_i``: every layer of the branch
+    matched to ``one_to_many_k`` copies of each target (H-DETR), divided by
+    ``num_boxes * k`` and weighted ``one_to_many_weight`` times the base term's weight.
     """
 
     def __init__(
@@ -89,10 +95,14 @@ class SetCriterion(nn.Module):
         focal_gamma: float = 2.0,
         aux_one_to_many: int = 1,
         iou_aware_class: bool = False,
+        one_to_many_k: int = 6,
+        one_to_many_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if aux_one_to_many < 1:
             raise ValueError(f"aux_one_to_many must be >= 1, got {aux_one_to_many}")
+        if one_to_many_k < 1:
+            raise ValueError(f"one_to_many_k must be >= 1, got {one_to_many_k}")
         unknown = set(weight_dict) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"unknown loss names {sorted(unknown)}; expected {LOSS_NAMES}")
@@ -102,6 +112,8 @@ class SetCriterion(nn.Module):
         self.focal_gamma = focal_gamma
         self.aux_one_to_many = aux_one_to_many
         self.iou_aware_class = iou_aware_class
+        self.one_to_many_k = one_to_many_k
+        self.one_to_many_weight = one_to_many_weight
 
     def layer_losses(
         self,
@@ -155,16 +167,28 @@ class SetCriterion(nn.Module):
         """
         Args:
             outputs: CellFinder output (``pred_logits [B, Q, 1]``, ``pred_boxes [B, Q, 4]``,
-                optional ``aux_outputs`` list of the same).
+                optional ``aux_outputs`` list of the same, optional ``one_to_many`` dict
+                of the same for the hybrid branch).
             targets: B dicts with ``"boxes": [N_i, 4]`` cxcywh normalised.
             num_boxes: average number of cells per process, already clamped to >= 1.
 
         Returns:
             Unweighted scalar terms: ``loss_ce``, ``loss_bbox``, ``loss_giou`` and
-            ``loss_ce_i``, ``loss_bbox_i``, ``loss_giou_i`` for aux layer i.
+            ``loss_ce_i``, ``loss_bbox_i``, ``loss_giou_i`` for aux layer i; with a branch
+            also ``loss_ce_one_to_many`` ... ``loss_giou_one_to_many_i``.
         """
+        losses = self._set_losses(outputs, targets, num_boxes)
+        if "one_to_many" in outputs:
+            losses.update(self._one_to_many_losses(outputs["one_to_many"], targets, num_boxes))
+        return losses
+
+    def _set_losses(
+        self, outputs: dict, targets: list[dict], num_boxes: float | Tensor
+    ) -> dict[str, Tensor]:
+        """The main queries' terms: one-to-one on the last layer (aux layers: see
+        ``_aux_repeats``)."""
         aux_layers = outputs.get("aux_outputs", [])
-        k = self._aux_repeats(outputs, targets) if aux_layers else 1
+        k = self._aux_repeats(outputs, targets, self.aux_one_to_many) if aux_layers else 1
         if k == 1:
             # Every layer is matched on its own, as in DETR; all at once for speed.
             indices = self.matcher.match_layers([outputs, *aux_layers], targets)
@@ -179,35 +203,55 @@ class SetCriterion(nn.Module):
             losses.update({f"{name}_{i}": value for name, value in terms.items()})
         return losses
 
-    def _aux_repeats(self, outputs: dict, targets: list[dict]) -> int:
+    def _one_to_many_losses(
+        self, branch: dict, targets: list[dict], num_boxes: float | Tensor
+    ) -> dict[str, Tensor]:
+        """Hybrid-branch terms: every layer matched to k copies of the targets."""
+        k = self._aux_repeats(branch, targets, self.one_to_many_k)
+        layers = [branch, *branch.get("aux_outputs", [])]
+        repeated = [{"boxes": t["boxes"].repeat(k, 1)} for t in targets]
+        losses = {}
+        matched = self.matcher.match_layers(layers, repeated)
+        for i, (out, indices) in enumerate(zip(layers, matched)):
+            suffix = _ONE_TO_MANY if i == 0 else f"{_ONE_TO_MANY}_{i - 1}"
+            terms = self.layer_losses(out, repeated, indices, num_boxes * k)
+            losses.update({f"{name}{suffix}": value for name, value in terms.items()})
+        return losses
+
+    def _aux_repeats(self, outputs: dict, targets: list[dict], wanted: int) -> int:
         """Copies of each target for the auxiliary layers' one-to-many matching.
 
         H-DETR's "hybrid layer" scheme: intermediate layers match every cell to up to
         ``aux_one_to_many`` queries, which gives them several times more positive examples
         early in training, while the final layer stays one-to-one (no duplicates at
-        inference). Capped so that the copies still fit in the queries. `k` follows the
-        local batch, so under DDP ranks may use different k (each divides its aux terms by
-        `num_boxes * k`).
+        inference); the hybrid branch asks for ``one_to_many_k``. Capped at ``wanted`` and
+        so that the copies still fit in the queries. `k` follows the local batch, so under
+        DDP ranks may use different k (each divides its terms by `num_boxes * k`).
         """
-        if self.aux_one_to_many == 1:
+        if wanted == 1:
             return 1
         num_queries = outputs["pred_logits"].shape[1]
         most = max((int(t["boxes"].shape[0]) for t in targets), default=0)
         if most == 0:
             return 1
-        return max(1, min(self.aux_one_to_many, num_queries // most))
+        return max(1, min(wanted, num_queries // most))
 
     def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
-        """``sum(weight_dict[base(name)] * term)``; aux terms share their base's weight.
+        """``sum(weight_dict[base(name)] * term)``; aux terms share their base's weight,
+        hybrid-branch terms get it times ``one_to_many_weight``.
 
         Terms whose base name is not in ``weight_dict`` count with weight 0 (so leaving a
         name out of the config switches that loss off).
         """
         total = None
         for name, value in losses.items():
-            weight = self.weight_dict.get(_AUX_SUFFIX.sub("", name))
+            base = _AUX_SUFFIX.sub("", name)
+            branch = base.endswith(_ONE_TO_MANY)
+            weight = self.weight_dict.get(base.removesuffix(_ONE_TO_MANY))
             if weight is None:
                 continue
+            if branch:
+                weight = weight * self.one_to_many_weight
             term = weight * value
             total = term if total is None else total + term
         if total is None:
