@@ -8,7 +8,8 @@ column softmax ``[Q, H]`` (over y), with keys averaged along the other axis:
 
 Contracting one axis at a time never builds ``[Q, H, W]``: contracting the longer axis
 first leaves an intermediate ``[Q, min(H, W), head_dim]`` per head, which for the paper's
-64 x 64 map and 32-dim heads is half the size of the full weight matrix it replaces.
+64 x 64 map and 32-dim heads is half the size of the full weight matrix it replaces. Maps no
+wider than a head (the tiny model's) use the full weights, which are then no larger.
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ def rcda_combine(attn_row: Tensor, attn_col: Tensor, value: Tensor) -> Tensor:
         value: ``[B, h, H, W, d]`` per-head values.
 
     Returns:
-        ``[B, h, Q, d]`` equal to ``einsum("bhqy,bhqx,bhyxd->bhqd")`` without the
-        ``[Q, H, W]`` weight tensor.
+        ``[B, h, Q, d]`` equal to ``einsum("bhqy,bhqx,bhyxd->bhqd")``.
     """
     b, h, height, width, d = value.shape
     q = attn_row.shape[2]
+    if max(height, width) <= d:
+        # Small maps (the tiny model's 16 x 16 with 16-dim heads): the full [Q, H*W] weights
+        # are no larger than the two-step path's [Q, min(H, W), d] intermediate, and one
+        # large matmul is far cheaper than B*h*Q tiny ones (3x faster backward on CPU).
+        weights = (attn_col.unsqueeze(-1) * attn_row.unsqueeze(-2)).reshape(b, h, q, -1)
+        return torch.matmul(weights, value.reshape(b, h, height * width, d))
     if height < width:
         # Contract x first (one big matmul), keep [Q, H, d] (the shorter axis), then y.
         v = value.permute(0, 1, 3, 2, 4).reshape(b, h, width, height * d)
