@@ -112,10 +112,26 @@ def test_match_layers_threaded_equals_per_layer_serial() -> None:
     g = torch.Generator().manual_seed(6)
     layers = [_random_outputs(g, 3, 12) for _ in range(3)]
     targets = [{"boxes": _random_boxes(g, n)} for n in (4, 0, 12)]
-    threaded = HungarianMatcher(num_threads=4).match_layers(layers, targets)
+    threaded = HungarianMatcher(num_threads=4, parallel_min_entries=0).match_layers(layers, targets)
     serial = HungarianMatcher(num_threads=1)
     assert len(threaded) == 3
     for layer, result in zip(layers, threaded):
         for (r1, c1), (r2, c2) in zip(result, serial(layer, targets)):
             assert torch.equal(r1, r2) and torch.equal(c1, c2)
     assert [len(r) for r, _ in threaded[0]] == [4, 0, 12]
+
+
+def test_small_problems_skip_the_thread_pool(monkeypatch) -> None:
+    import cellsam.models.finder.matcher as matcher_module
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("thread pool used")
+
+    monkeypatch.setattr(matcher_module, "ThreadPoolExecutor", no_pool)
+    g = torch.Generator().manual_seed(7)
+    layers = [_random_outputs(g, 2, 100) for _ in range(3)]
+    targets = [{"boxes": _random_boxes(g, n)} for n in (10, 7)]
+    result = HungarianMatcher(num_threads=4).match_layers(layers, targets)  # 100 x 10 entries
+    assert [len(r) for r, _ in result[2]] == [10, 7]
+    with pytest.raises(AssertionError, match="thread pool"):
+        HungarianMatcher(num_threads=4, parallel_min_entries=1000).match_layers(layers, targets)

@@ -30,7 +30,10 @@ class HungarianMatcher(nn.Module):
     does (``[B*Q, sum N]``), which would be B times larger for nothing.
 
     ``num_threads`` bounds the threads solving assignments in parallel (default: the CPUs
-    this process may use; 1 = serial).
+    this process may use; 1 = serial). Problems whose largest cost matrix has fewer than
+    ``parallel_min_entries`` entries are solved serially: there a thread pool costs more
+    than the assignments (tiny model, 3 layers x 4 images of 100 queries x 10 cells: 11.5
+    ms threaded vs 5.6 ms serial).
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class HungarianMatcher(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         num_threads: int | None = None,
+        parallel_min_entries: int = 50_000,
     ) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
@@ -51,6 +55,7 @@ class HungarianMatcher(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.num_threads = num_threads
+        self.parallel_min_entries = parallel_min_entries
 
     @torch.no_grad()
     def cost_matrix(self, logits: Tensor, boxes: Tensor, target_boxes: Tensor) -> Tensor:
@@ -142,6 +147,8 @@ class HungarianMatcher(nn.Module):
             for k, (_, i) in enumerate(jobs)
         ]
         workers = min(len(jobs), self.num_threads or _available_cpus())
+        if num_queries * max(sizes, default=0) < self.parallel_min_entries:
+            workers = 1
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 solved = list(pool.map(_solve, matrices, [i for _, i in jobs]))
