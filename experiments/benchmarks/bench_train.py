@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
@@ -45,6 +46,7 @@ CONF = ROOT / "conf"
 def compose_config(overrides: list[str]):
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))  # as the entry points do
     register_resolvers()
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["stage=finder", *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # the run config interpolates hydra.runtime
@@ -132,7 +134,7 @@ def time_loader(cfg, input_size: int, items: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overrides", nargs="*", default=["experiment=quickstart"])
     parser.add_argument("--device", default="cpu")
@@ -144,7 +146,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch)")
     parser.add_argument("--loader", action="store_true", help="also time the data loader")
     parser.add_argument("--loader-items", type=int, default=192)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
