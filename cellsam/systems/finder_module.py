@@ -12,7 +12,7 @@ from cellsam.metrics.boxes_ap import box_ap_by_dataset
 from cellsam.models.cellsam import CellSAM
 from cellsam.models.finder import HungarianMatcher, SetCriterion
 from cellsam.ops.boxes import box_cxcywh_to_xyxy
-from cellsam.systems.common import CheckpointMetaMixin, freeze_except, with_step_decay
+from cellsam.systems.common import CheckpointMetaMixin, adamw, freeze_except, with_step_decay
 from cellsam.utils.distributed import all_reduce_mean, gather_records
 
 
@@ -91,7 +91,7 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
             {"params": self.model.part_parameters("trunk"), "lr": hp.lr_trunk, "name": "trunk"},
             {"params": self.model.part_parameters("finder"), "lr": hp.lr, "name": "finder"},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = adamw(groups, hp.lr, hp.weight_decay)
         return with_step_decay(optimizer, hp.lr_drop, hp.lr_drop_factor)
 
     # -- validation -----------------------------------------------------------------------

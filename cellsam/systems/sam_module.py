@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cellsam.models.cellsam import CellSAM
-from cellsam.systems.common import CheckpointMetaMixin, freeze_except, with_step_decay
+from cellsam.systems.common import CheckpointMetaMixin, adamw, freeze_except, with_step_decay
 from cellsam.utils.distributed import all_reduce_mean, gather_records
 
 STAGE2_PARTS = ("trunk", "neck", "prompt_encoder", "mask_decoder")
@@ -207,7 +207,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = adamw(params, hp.lr, hp.weight_decay)
         if not hp.lr_drop:
             return optimizer
         return with_step_decay(optimizer, hp.lr_drop, hp.lr_drop_factor)

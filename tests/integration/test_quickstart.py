@@ -5,10 +5,10 @@ its `last.ckpt` with `experiment=quickstart_sam`, then the evaluation on the syn
 split), with the same seeds and epoch counts but without the `max_time` safety limits, so
 the numbers do not depend on how fast the machine is. The issues' targets are stage-1
 validation box AP50 >= 0.6, stage-2 validation mask IoU >= 0.75 with ground-truth box
-prompts and test `f1_50_mean` >= 0.7. This run reaches 0.618, 0.760 and 0.784 (README,
-"Quickstart"; stage-1 seeds 1 and 2 give AP50 0.589 and 0.604). The asserts are those
-figures less a margin for spread across machines and seeds: they fail if training stops
-learning. About 9 minutes on 2 CPU cores; `-s` shows the figures.
+prompts and test `f1_50_mean` >= 0.7. This run reaches 0.697, MASKIOU and F1NEW (README,
+"Quickstart"; stage-1 seeds 1 and 2 give AP50 0.638 and 0.729). The asserts are the targets
+(AP50) or those figures less a margin for spread across machines and seeds: they fail if
+training stops learning. About 9 minutes on 2 CPU cores; `-s` shows the figures.
 """
 
 from __future__ import annotations
@@ -41,6 +41,6 @@ def test_quickstart_meets_learning_targets(tmp_path):
     print(f"\nquickstart: stage-1 val box AP50 {box_ap50:.3f}; stage-2 val mask IoU "
           f"(ground-truth boxes) {mask_iou:.3f}; test f1_50_mean {f1:.3f} "
           f"(precision {results['precision_50']:.3f}, recall {results['recall_50']:.3f})")
-    assert box_ap50 >= 0.5
+    assert box_ap50 >= 0.6
     assert mask_iou >= 0.72
     assert f1 >= 0.7
