@@ -33,7 +33,7 @@ class HungarianMatcher(nn.Module):
     this process may use; 1 = serial). Problems whose largest cost matrix has fewer than
     ``parallel_min_entries`` entries are solved serially: there a thread pool costs more
     than the assignments (tiny model, 3 layers x 4 images of 100 queries x 10 cells: 11.5
-    ms threaded vs 5.6 ms serial).
+    ms threaded vs 5.6 ms serial on 2 busy cores).
     """
 
     def __init__(
