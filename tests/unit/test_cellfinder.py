@@ -16,6 +16,7 @@ from cellsam.models.finder import (
     group_norm_groups,
 )
 from cellsam.models.finder.position import pos2posemb1d, pos2posemb2d
+from cellsam.models.finder.rcda import rcda_combine
 
 TINY = dict(
     hidden_dim=64,
@@ -58,7 +59,8 @@ def _naive_rcda(module: MultiheadRCDA, q_row, q_col, k_row_map, k_col_map, value
     return module.out_proj(torch.cat(outs, dim=-1))
 
 
-@pytest.mark.parametrize("height,width", [(5, 7), (7, 5), (6, 6)])
+# 8-dim heads: maps up to 8 wide use the full weights, wider ones the two-step contraction.
+@pytest.mark.parametrize("height,width", [(5, 7), (7, 5), (6, 6), (12, 9), (9, 12), (10, 10)])
 def test_rcda_equals_naive_full_attention(height: int, width: int) -> None:
     torch.manual_seed(0)
     module = MultiheadRCDA(32, 4).eval()
@@ -179,3 +181,14 @@ def test_bf16_autocast_forward_backward() -> None:
 def test_rejects_bad_widths() -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         CellFinder(8, hidden_dim=66, num_heads=2)
+
+
+@pytest.mark.parametrize("height,width", [(4, 6), (6, 4), (12, 9), (9, 12)])
+def test_rcda_combine_paths_equal_the_einsum(height: int, width: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    b, h, q, d = 2, 3, 5, 6  # maps up to 6 wide take the full-weights path
+    attn_row = torch.rand(b, h, q, width, generator=g).softmax(-1)
+    attn_col = torch.rand(b, h, q, height, generator=g).softmax(-1)
+    value = torch.randn(b, h, height, width, d, generator=g)
+    expected = torch.einsum("bhqy,bhqx,bhyxd->bhqd", attn_col, attn_row, value)
+    torch.testing.assert_close(rcda_combine(attn_row, attn_col, value), expected)
