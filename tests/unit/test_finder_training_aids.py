@@ -181,15 +181,8 @@ def test_spatial_prior_per_image_points_equal_per_image_calls() -> None:
         assert torch.equal(row[b], r) and torch.equal(col[b], c)
 
 
-def _finder(**kw) -> CellFinder:
-    torch.manual_seed(0)
-    return CellFinder(in_channels=16, hidden_dim=32, ffn_dim=64, num_heads=4,
-                      num_encoder_layers=1, num_decoder_layers=3, num_queries=16,
-                      spatial_prior=True, **kw)
-
-
-def test_box_refine_moves_each_layers_reference_to_the_previous_centres() -> None:
-    plain, refined = _finder(), _finder(box_refine=True)
+def test_box_refine_moves_each_layers_reference_to_the_previous_centres(small_finder) -> None:
+    plain, refined = small_finder(), small_finder(box_refine=True)
     assert set(plain.state_dict()) == set(refined.state_dict())  # no new weights
     x = torch.randn(2, 16, 6, 5)
     # Zero-initialised box offsets: every centre is its anchor, so refining changes nothing

@@ -5,22 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellsam.models.finder import CellFinder
 from cellsam.models.finder.criterion import SetCriterion
 from cellsam.models.finder.matcher import HungarianMatcher
 
 WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
-def _finder(**kw) -> CellFinder:
-    torch.manual_seed(0)
-    return CellFinder(in_channels=16, hidden_dim=32, ffn_dim=64, num_heads=4,
-                      num_encoder_layers=1, num_decoder_layers=3, num_queries=16,
-                      spatial_prior=True, **kw)
-
-
-def test_branch_is_training_only_and_leaves_the_main_queries_unchanged() -> None:
-    plain, hybrid = _finder(), _finder(num_queries_one_to_many=24)
+def test_branch_is_training_only_and_leaves_the_main_queries_unchanged(small_finder) -> None:
+    plain, hybrid = small_finder(), small_finder(num_queries_one_to_many=24)
     extra = set(hybrid.state_dict()) - set(plain.state_dict())
     assert extra == {"transformer.position_one_to_many.weight"}
     hybrid.load_state_dict(plain.state_dict(), strict=False)  # same shared weights
@@ -45,8 +37,8 @@ def test_branch_is_training_only_and_leaves_the_main_queries_unchanged() -> None
     assert torch.equal(evaluated["pred_boxes"], out["pred_boxes"])
 
 
-def test_branch_gets_gradients_and_shares_the_heads() -> None:
-    hybrid = _finder(num_queries_one_to_many=24).train()
+def test_branch_gets_gradients_and_shares_the_heads(small_finder) -> None:
+    hybrid = small_finder(num_queries_one_to_many=24).train()
     out = hybrid(torch.randn(2, 16, 6, 5))
     out["one_to_many"]["pred_boxes"].sum().backward()
     assert hybrid.transformer.position_one_to_many.weight.grad.abs().sum() > 0
@@ -54,8 +46,8 @@ def test_branch_gets_gradients_and_shares_the_heads() -> None:
     assert hybrid.transformer.position.weight.grad is None  # main anchors untouched
 
 
-def test_branch_with_patterns_pairs_every_anchor_with_every_pattern() -> None:
-    hybrid = _finder(num_queries_one_to_many=8, num_patterns=2).train()
+def test_branch_with_patterns_pairs_every_anchor_with_every_pattern(small_finder) -> None:
+    hybrid = small_finder(num_queries_one_to_many=8, num_patterns=2).train()
     out = hybrid(torch.randn(1, 16, 6, 5))
     assert out["pred_boxes"].shape == (1, 32, 4)
     assert out["one_to_many"]["pred_boxes"].shape == (1, 16, 4)
@@ -94,7 +86,7 @@ def test_branch_losses_match_k_copies_and_divide_by_k_num_boxes() -> None:
     )
 
 
-def test_branch_k_is_capped_by_its_queries_and_validated() -> None:
+def test_branch_k_is_capped_by_its_queries_and_validated(small_finder) -> None:
     targets = [{"boxes": torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.7, 0.6, 0.2, 0.1]])}]
     crit = SetCriterion(HungarianMatcher(), WEIGHTS, one_to_many_k=6)
     five = _layer(torch.rand(5, 4) * 0.5 + 0.25)
@@ -104,4 +96,4 @@ def test_branch_k_is_capped_by_its_queries_and_validated() -> None:
     with pytest.raises(ValueError, match="one_to_many_k"):
         SetCriterion(HungarianMatcher(), WEIGHTS, one_to_many_k=0)
     with pytest.raises(ValueError, match="num_queries_one_to_many"):
-        _finder(num_queries_one_to_many=-1)
+        small_finder(num_queries_one_to_many=-1)

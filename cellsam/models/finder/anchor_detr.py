@@ -297,9 +297,13 @@ class AnchorDetrTransformer(nn.Module):
         branch = self.position_one_to_many
         return 0 if branch is None else branch.num_embeddings
 
-    def anchors(self) -> Tensor:
-        """``[Q, 2]`` anchor point (x, y) of every query, Q = num_patterns * num_queries."""
-        return self.position.weight.repeat(self.num_patterns, 1)
+    def anchors(self, one_to_many: bool = False) -> Tensor:
+        """``[Q, 2]`` anchor point (x, y) of every query, Q = num_patterns * num_queries
+        (``one_to_many``: of the hybrid branch's queries, num_patterns * its anchors)."""
+        points = self.position_one_to_many if one_to_many else self.position
+        if points is None:
+            raise ValueError("one_to_many=True needs num_queries_one_to_many > 0")
+        return points.weight.repeat(self.num_patterns, 1)
 
     def _embed1d(self, pos: Tensor) -> Tensor:
         """``[...]`` coordinates -> ``[..., C]`` adapted 1-D embedding in the weights' dtype."""
@@ -349,28 +353,26 @@ class AnchorDetrTransformer(nn.Module):
         # The memory is the same for every decoder layer, so its axis means are taken once.
         keys = (memory.mean(dim=1) + posemb_row, memory.mean(dim=2) + posemb_col)
         context = (memory, keys, pos_x, pos_y, refine)
-        out = self._decode(self.position.weight, *context)
+        out = self._decode(self.anchors(), *context)
         if not one_to_many:
             return out
-        if self.position_one_to_many is None:
-            raise ValueError("one_to_many=True needs num_queries_one_to_many > 0")
-        return (*out, *self._decode(self.position_one_to_many.weight, *context))
+        return (*out, *self._decode(self.anchors(one_to_many=True), *context))
 
     def _decode(
         self,
-        points: Tensor,
+        ref: Tensor,
         memory: Tensor,
         keys: tuple[Tensor, Tensor],
         pos_x: Tensor,
         pos_y: Tensor,
         refine: Callable[[Tensor, Tensor], Tensor] | None,
     ) -> tuple[Tensor, Tensor]:
-        """Decoder layers for one query group: anchor points ``[N, 2]``, each paired with
-        every pattern -> ``(hs [L, B, Q, C], refs [L, B, Q, 2])``, Q = num_patterns * N."""
-        b, n = memory.shape[0], points.shape[0]
-        ref = points.repeat(self.num_patterns, 1)  # [Q, 2], then [B, Q, 2] once refined
-        embeddings = self.query_embeddings(ref)
-        pattern = self.pattern.weight.repeat_interleave(n, dim=0)  # [Q, C]
+        """Decoder layers for one query group (``anchors()``): ``ref [Q, 2]``, every anchor
+        once per pattern -> ``(hs [L, B, Q, C], refs [L, B, Q, 2])``."""
+        b = memory.shape[0]
+        embeddings = self.query_embeddings(ref)  # ref becomes [B, Q, 2] once refined
+        per_pattern = ref.shape[0] // self.num_patterns
+        pattern = self.pattern.weight.repeat_interleave(per_pattern, dim=0)  # [Q, C]
         tgt = pattern.unsqueeze(0).expand(b, -1, -1)
         states, refs = [], []
         for i, layer in enumerate(self.decoder_layers):

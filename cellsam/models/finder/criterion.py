@@ -68,6 +68,15 @@ def quality_focal_loss(logits: Tensor, quality: Tensor, gamma: float) -> Tensor:
     return ce * (quality - logits.sigmoid()).abs().pow(gamma)
 
 
+def _named(terms: list[dict[str, Tensor]], infix: str) -> dict[str, Tensor]:
+    """Per-layer terms (last layer first, then aux layers 0, 1, ...) -> ``{"loss_ce" +
+    infix: ..., "loss_ce" + infix + "_0": ...}``."""
+    named = {f"{name}{infix}": value for name, value in terms[0].items()}
+    for i, layer in enumerate(terms[1:]):
+        named.update({f"{name}{infix}_{i}": value for name, value in layer.items()})
+    return named
+
+
 class SetCriterion(nn.Module):
     """DETR-style losses on the final and every auxiliary decoder output.
 
@@ -189,19 +198,12 @@ class SetCriterion(nn.Module):
         ``_aux_repeats``)."""
         aux_layers = outputs.get("aux_outputs", [])
         k = self._aux_repeats(outputs, targets, self.aux_one_to_many) if aux_layers else 1
-        if k == 1:
-            # Every layer is matched on its own, as in DETR; all at once for speed.
-            indices = self.matcher.match_layers([outputs, *aux_layers], targets)
-            final_indices, aux_indices, aux_targets = indices[0], indices[1:], targets
+        if k == 1:  # every layer matched on its own, as in DETR; all at once for speed
+            terms = self._matched_terms([outputs, *aux_layers], targets, 1, num_boxes)
         else:
-            final_indices = self.matcher.match_layers([outputs], targets)[0]
-            aux_targets = [{"boxes": t["boxes"].repeat(k, 1)} for t in targets]
-            aux_indices = self.matcher.match_layers(aux_layers, aux_targets)
-        losses = self.layer_losses(outputs, targets, final_indices, num_boxes)
-        for i, (aux, indices_i) in enumerate(zip(aux_layers, aux_indices)):
-            terms = self.layer_losses(aux, aux_targets, indices_i, num_boxes * k)
-            losses.update({f"{name}_{i}": value for name, value in terms.items()})
-        return losses
+            terms = self._matched_terms([outputs], targets, 1, num_boxes)
+            terms += self._matched_terms(aux_layers, targets, k, num_boxes)
+        return _named(terms, "")
 
     def _one_to_many_losses(
         self, branch: dict, targets: list[dict], num_boxes: float | Tensor
@@ -209,14 +211,20 @@ class SetCriterion(nn.Module):
         """Hybrid-branch terms: every layer matched to k copies of the targets."""
         k = self._aux_repeats(branch, targets, self.one_to_many_k)
         layers = [branch, *branch.get("aux_outputs", [])]
-        repeated = [{"boxes": t["boxes"].repeat(k, 1)} for t in targets]
-        losses = {}
-        matched = self.matcher.match_layers(layers, repeated)
-        for i, (out, indices) in enumerate(zip(layers, matched)):
-            suffix = _ONE_TO_MANY if i == 0 else f"{_ONE_TO_MANY}_{i - 1}"
-            terms = self.layer_losses(out, repeated, indices, num_boxes * k)
-            losses.update({f"{name}{suffix}": value for name, value in terms.items()})
-        return losses
+        return _named(self._matched_terms(layers, targets, k, num_boxes), _ONE_TO_MANY)
+
+    def _matched_terms(
+        self, layers: list[dict], targets: list[dict], k: int, num_boxes: float | Tensor
+    ) -> list[dict[str, Tensor]]:
+        """Each layer's terms with every layer matched to ``k`` copies of each target
+        (``k = 1``: one-to-one), normalised by ``num_boxes * k``."""
+        if k > 1:
+            targets = [{"boxes": t["boxes"].repeat(k, 1)} for t in targets]
+        matched = self.matcher.match_layers(layers, targets) if layers else []
+        return [
+            self.layer_losses(out, targets, indices, num_boxes * k)
+            for out, indices in zip(layers, matched)
+        ]
 
     def _aux_repeats(self, outputs: dict, targets: list[dict], wanted: int) -> int:
         """Copies of each target for the auxiliary layers' one-to-many matching.
