@@ -13,9 +13,10 @@ Logged keys: `val/<dataset>/<metric>` and `val/all/<metric>` (`test/...` under
 `f1_50_pooled`, `precision_50`, `recall_50`, `deepcell_f1_60`, ..., `coco_map`, ...).
 
 The full pipeline is slower than the stage's own validation, so it runs every
-`every_n_epochs` epochs (and on the last one), COCO every `coco_every_n_epochs` of those;
-in between, the last computed values are logged again so that a checkpoint or early-stop
-monitor on one of these keys always finds it (as `FinderModule` does for box AP).
+`every_n_epochs` validation epochs (and on the last one; null: never during training, only
+under `trainer.test`), COCO on every `coco_every_n_epochs`-th of the epochs it runs. Only
+what was computed on a validation is logged: nothing is repeated from an earlier epoch, so
+a checkpoint monitor on one of these keys needs them on every validation (the defaults).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
-from cellsam.inference.postprocess import InferenceSettings
 from cellsam.inference.predictor import CellSAMPredictor
+from cellsam.inference.settings import InferenceSettings, resolve_settings
 from cellsam.metrics.report import image_record, summarize
 from cellsam.utils.distributed import gather_records
 
@@ -70,9 +71,11 @@ class SegmentationMetrics(Callback):
     """Segmentation metrics of the whole inference pipeline per dataset (see module doc).
 
     Args:
-        every_n_epochs: validation epochs with metrics: epoch % n == 0, and the last epoch.
+        every_n_epochs: validation epochs with metrics: epoch % n == 0, and the last epoch;
+            None: none during training (test only).
         coco: compute COCO mask/box mAP (the slowest part) at all.
-        coco_every_n_epochs: COCO on epochs with epoch % n == 0 (and the last) among those.
+        coco_every_n_epochs: COCO on the epochs with metrics whose epoch % n == 0 (and the
+            last); the other epochs log no COCO keys.
         on_sanity_check: also run during Lightning's sanity validation (off: untrained).
         inference: `InferenceSettings` overrides on top of the run config's `inference`
             block (e.g. `{max_detections: 500}` to bound early-training cost); a `preset`
@@ -81,13 +84,18 @@ class SegmentationMetrics(Callback):
         prog_bar: metric shown on the progress bar as `val/all/<prog_bar>` (None: none).
     """
 
-    def __init__(self, every_n_epochs: int = 1, coco: bool = True, coco_every_n_epochs: int = 1,
+    def __init__(self, every_n_epochs: int | None = 1, coco: bool = True,
+                 coco_every_n_epochs: int = 1,
                  on_sanity_check: bool = False, inference: Mapping[str, Any] | None = None,
                  max_dets: int = 10000, prog_bar: str | None = "f1_50_mean") -> None:
         super().__init__()
-        self.every_n_epochs = max(1, int(every_n_epochs))
+        for name, value in (("every_n_epochs", every_n_epochs),
+                            ("coco_every_n_epochs", coco_every_n_epochs)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1 (or null for every_n_epochs), got {value}")
+        self.every_n_epochs = None if every_n_epochs is None else int(every_n_epochs)
         self.coco = bool(coco)
-        self.coco_every_n_epochs = max(1, int(coco_every_n_epochs))
+        self.coco_every_n_epochs = int(coco_every_n_epochs)
         self.on_sanity_check = bool(on_sanity_check)
         self.inference = dict(inference or {})
         self.max_dets = int(max_dets)
@@ -96,17 +104,15 @@ class SegmentationMetrics(Callback):
         self._active = False
         self._with_coco = False
         self._predictor: CellSAMPredictor | None = None
-        self._last: dict[str, float] = {}
 
     # -- pieces (used by the hooks; public so tests can drive them without a Trainer) ---------
     def settings(self, pl_module: L.LightningModule) -> InferenceSettings:
-        """The run config's inference settings with this callback's overrides."""
-        overrides = dict(self.inference)
-        preset = overrides.pop("preset", None)
-        if preset is not None:
-            return InferenceSettings.from_preset(str(preset), **overrides)
+        """`resolve_settings` with the run config's inference block in the checkpoint's place
+        (it is what the run's checkpoints will carry) and this callback's `inference` in
+        the config's place, so `eval.py` on a checkpoint of this run with the same block gets
+        the same settings."""
         base = pl_module.inference_settings() if hasattr(pl_module, "inference_settings") else {}
-        return InferenceSettings.from_dict(base, **overrides)
+        return resolve_settings(checkpoint=base, config=self.inference)
 
     def make_predictor(self, trainer: L.Trainer, pl_module: L.LightningModule
                        ) -> CellSAMPredictor:
@@ -126,6 +132,8 @@ class SegmentationMetrics(Callback):
             self._active, self._with_coco = True, self.coco
         elif trainer.sanity_checking:
             self._active, self._with_coco = self.on_sanity_check, self.coco
+        elif self.every_n_epochs is None:
+            self._active = self._with_coco = False
         else:
             self._active = epoch % self.every_n_epochs == 0 or last
             self._with_coco = self.coco and (epoch % self.coco_every_n_epochs == 0 or last)
@@ -137,20 +145,13 @@ class SegmentationMetrics(Callback):
             self._records.extend(batch_records(self._predictor, batch, self._with_coco))
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
+        values: dict[str, float] = {}
         if self._active:
             dm = getattr(trainer, "datamodule", None)
             order = list(getattr(dm, "names", []) or [])
             values = reduce_records(self._records, split, self._with_coco, order, self.max_dets)
-            if not self._with_coco:  # keep the last COCO numbers rather than logging NaN
-                values.update({k: v for k, v in self._last.items()
-                               if k.startswith(f"{split}/") and "/coco_" in k
-                               and k in values})
-            if split == "val" and not trainer.sanity_checking:
-                self._last = values
-        elif split == "val":
-            values = self._last
-        else:
-            values = {}
+            if not self._with_coco:  # not computed on this epoch: not logged
+                values = {k: v for k, v in values.items() if "/coco_" not in k}
         self._records, self._predictor = [], None
         self._active = False
         # Every rank computed these from the same gathered records: no sync needed.
@@ -183,8 +184,3 @@ class SegmentationMetrics(Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish(trainer, pl_module, "test")
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"last": dict(self._last)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last = dict(state_dict.get("last", {}))

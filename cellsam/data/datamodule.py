@@ -15,12 +15,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from cellsam.data.format import SplitData, open_split, read_manifest
 from cellsam.data.samplers import WeightedSampler, shuffle_sampler
-from cellsam.data.transforms import AugmentConfig, geometric, label_targets, photometric
+from cellsam.data.transforms import AugmentConfig, augment, label_targets, resize_image
 
 try:  # a train loader that Lightning can checkpoint mid-epoch (exact resume of the position)
     from torchdata.stateful_dataloader import StatefulDataLoader as TrainLoader
@@ -56,18 +55,10 @@ class CellSplitDataset(Dataset):
         index = self.indices[i]
         image = torch.from_numpy(self.data.images[index].copy())
         label = torch.from_numpy(self.data.labels[index, 0].astype("int64"))
-        cfg = self.augment_cfg
-        if cfg is not None:
-            image, label = geometric(image, label, cfg)
-            label = label.contiguous()
-        # Photometric steps run at the smaller of the stored and the input size: when the
-        # model downsizes (the quickstart: 512 -> 256) they cost a quarter as much there.
-        downsizing = image.shape[-1] > self.input_size
-        if cfg is not None and not downsizing:
-            image = photometric(image, cfg)
-        image = self._resize(image)
-        if cfg is not None and downsizing:
-            image = photometric(image, cfg)
+        if self.augment_cfg is not None:
+            image, label = augment(image, label, self.augment_cfg, self.input_size)
+        else:
+            image = resize_image(image, self.input_size)
         return {
             "image": image,
             "label": label,
@@ -75,14 +66,6 @@ class CellSplitDataset(Dataset):
             "index": index,
             **label_targets(label),
         }
-
-    def _resize(self, image: torch.Tensor) -> torch.Tensor:
-        """`[3, H, W]` -> `[3, S, S]` at the model's input size (antialiased bilinear)."""
-        if image.shape[-1] == self.input_size:
-            return image.contiguous()
-        size = (self.input_size,) * 2
-        resized = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
-        return resized.clamp(0, 1)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -123,9 +106,8 @@ class CellDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.validate_on_open, self.max_objects = validate_on_open, max_objects
-        self.augment_cfg = AugmentConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in (augment or {}).items()}
-        )
+        # None: no augmentation; the values of a run come from `conf/data/base.yaml`.
+        self.augment_cfg = None if augment is None else AugmentConfig.from_config(dict(augment))
         self.input_size = input_size
         self.splits: dict[str, dict[str, CellSplitDataset]] = {}
 

@@ -59,7 +59,7 @@ def _illumination(rng: np.random.Generator, size: int, strength: float) -> np.nd
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Zero-mean, unit-std noise `shape` float32: sum of two uniforms (triangular), ~4x
+    """Zero-mean, unit-std noise `shape` float32: sum of two uniforms (triangular),
     cheaper than normal variates and indistinguishable at camera noise levels."""
     z = rng.random(shape, dtype=np.float32)
     z += rng.random(shape, dtype=np.float32)

@@ -22,7 +22,7 @@ def upsample_linear(low: np.ndarray, factor: int, size: int) -> np.ndarray:
     """Bilinear upsampling of `low` `[g, g]` by an integer `factor` to `[size, size]`
     float32 (sample k sits at pixel k * factor); needs g > size / factor.
 
-    Pure broadcasting (no gathers): ~1 ms at 512 px.
+    Pure broadcasting: no gathers.
     """
     n = -(-size // factor)
     t = np.arange(factor, dtype=np.float32) / factor

@@ -8,7 +8,7 @@ Random numbers come from torch's global generator, which Lightning seeds per wor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +20,29 @@ from cellsam.ops.masks import label_boxes_xyxy
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Probabilities and ranges; a probability of 0 (or `rot90=False`) switches a step off."""
+    """Probabilities and ranges; a probability of 0 (or `rot90=False`) switches a step off.
+    The values of a run live in the data config (`conf/data/base.yaml`, `augment`)."""
 
-    hflip: float = 0.5
-    vflip: float = 0.5
-    rot90: bool = True
-    zoom: tuple[float, float] = (0.75, 1.33)
-    zoom_p: float = 0.5
-    gamma: tuple[float, float] = (0.7, 1.4)
-    gamma_p: float = 0.5
-    noise_std: float = 0.02
-    noise_p: float = 0.3
-    blur_sigma: tuple[float, float] = (0.5, 1.5)
-    blur_p: float = 0.2
+    hflip: float
+    vflip: float
+    rot90: bool
+    zoom: tuple[float, float]
+    zoom_p: float
+    gamma: tuple[float, float]
+    gamma_p: float
+    noise_std: float
+    noise_p: float
+    blur_sigma: tuple[float, float]
+    blur_p: float
+
+    @classmethod
+    def from_config(cls, block: dict) -> AugmentConfig:
+        """From a config block (lists become tuples); every key must be given."""
+        missing = sorted({f.name for f in fields(cls)} - set(block))
+        unknown = sorted(set(block) - {f.name for f in fields(cls)})
+        if missing or unknown:
+            raise ValueError(f"data.augment: missing keys {missing}, unknown keys {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
 
 
 def _uniform(lo: float, hi: float) -> float:
@@ -96,13 +106,29 @@ def photometric(image: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     return (image * present[:, None, None]).clamp(0, 1)
 
 
+def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """`[3, H, W]` -> `[3, S, S]` at the model's input size (antialiased bilinear)."""
+    if image.shape[-1] == size and image.shape[-2] == size:
+        return image.contiguous()
+    resized = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True)[0]
+    return resized.clamp(0, 1)
+
+
 def augment(
-    image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig
+    image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig, input_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random augmentation of `image [3, H, W]` and `label [H, W]` (square inputs):
-    `geometric`, then `photometric` at the same resolution."""
+    """One random training augmentation, as the data module makes it: `image [3, H, W]` ->
+    `[3, S, S]` at the model's `input_size`, `label [H, W]` kept at the stored size.
+
+    `geometric` on both, then `photometric` on the image at the smaller of the stored and
+    the input size (when the model downsizes, the photometric steps cost less there).
+    """
     image, label = geometric(image, label, cfg)
-    return photometric(image, cfg).contiguous(), label.contiguous()
+    if image.shape[-1] > input_size:
+        image = photometric(resize_image(image, input_size), cfg)
+    else:
+        image = resize_image(photometric(image, cfg), input_size)
+    return image.contiguous(), label.contiguous()
 
 
 def label_targets(label: torch.Tensor, min_size: int = 2) -> dict[str, torch.Tensor]:

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cellsam.inference.postprocess import Cell, InferenceSettings
+from cellsam.inference.postprocess import Cell
+from cellsam.inference.settings import InferenceSettings
 from cellsam.models.cellsam import CellSAM
 
 

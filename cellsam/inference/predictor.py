@@ -31,11 +31,11 @@ from torch import Tensor
 from cellsam.inference.decode import decode_cells
 from cellsam.inference.postprocess import (
     Cell,
-    InferenceSettings,
     compose_labels,
     postprocess_cells,
     score_threshold,
 )
+from cellsam.inference.settings import InferenceSettings, resolve_settings
 from cellsam.inference.tiled import segment_tiled
 from cellsam.models.cellsam import CellSAM
 from cellsam.ops.boxes import box_cxcywh_to_xyxy
@@ -108,24 +108,29 @@ class CellSAMPredictor:
         self.model = model.to(self.device).eval()
         self.settings = settings or InferenceSettings()
         self.bf16 = bf16
+        self.checkpoint_meta: dict[str, Any] = {}  # set by `from_checkpoint`
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "auto",
-                        preset: str | None = None, bf16: bool = False, **overrides: Any
+                        preset: str | None = None, bf16: bool = False,
+                        config: Mapping[str, Any] | None = None, **overrides: Any
                         ) -> CellSAMPredictor:
-        """Load a stage-2 checkpoint; settings from its `meta["inference"]` (or `preset`
-        when given), then keyword `overrides` (e.g. `box_threshold=0.3`)."""
-        from cellsam.utils.checkpoint import load_model
+        """Load a stage-2 checkpoint. Settings: `resolve_settings` of the checkpoint's
+        `meta["inference"]`, the run's `config` block, keyword `overrides` (e.g.
+        `box_threshold=0.3`) and `preset`. A stage-1 checkpoint is refused: its SAM neck
+        never trained, so it would segment nothing useful."""
+        from cellsam.utils.checkpoint import CheckpointError, load_model
 
         model, meta = load_model(path)
-        if meta.get("stage") == "finder":
-            warnings.warn(f"{path}: a stage-1 checkpoint; SAM's neck is untrained, masks will "
-                          "be poor (train stage=sam first)", stacklevel=2)
-        if preset is not None:
-            settings = InferenceSettings.from_preset(preset, **overrides)
-        else:
-            settings = InferenceSettings.from_dict(meta.get("inference"), **overrides)
-        return cls(model, settings, device=device, bf16=bf16)
+        if meta.get("stage") != "sam":
+            raise CheckpointError(
+                f"{path}: a stage-{'1' if meta.get('stage') == 'finder' else '?'} "
+                f"({meta.get('stage')!r}) checkpoint; prediction needs a stage-2 checkpoint "
+                "(train stage=sam finder_ckpt=<this file> first)")
+        settings = resolve_settings(meta.get("inference"), config, overrides, preset)
+        predictor = cls(model, settings, device=device, bf16=bf16)
+        predictor.checkpoint_meta = meta
+        return predictor
 
     def configure(self, **overrides: Any) -> CellSAMPredictor:
         """A predictor sharing this model with some settings changed."""

@@ -10,7 +10,6 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
@@ -114,7 +113,3 @@ def build_cellsam(
     in_channels = sam_model.image_encoder.patch_embed.proj.out_channels
     return CellSAM(sam_model, CellFinder(in_channels=in_channels, **dict(finder)), shared_trunk)
 
-
-@torch.no_grad()
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -24,6 +24,11 @@ def label_to_masks(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return label[None] == ids[:, None, None], ids
 
 
+def label_dtype(n: int) -> type:
+    """The label image dtype for ids up to `n`: uint16 up to 65535 objects, else uint32."""
+    return np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+
+
 def masks_to_label(masks: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """Paint boolean masks `[N, H, W]` into a label image `[H, W]` with ids 1..N.
 
@@ -31,8 +36,7 @@ def masks_to_label(masks: np.ndarray, order: np.ndarray | None = None) -> np.nda
     where they overlap, so the caller decides which object wins by the order it passes.
     """
     n = masks.shape[0]
-    dtype = np.uint16 if n < 65535 else np.uint32
-    label = np.zeros(masks.shape[1:], dtype=dtype)
+    label = np.zeros(masks.shape[1:], dtype=label_dtype(n))
     for i in range(n) if order is None else order:
         label[masks[i]] = i + 1
     return label

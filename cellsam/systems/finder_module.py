@@ -12,7 +12,13 @@ from cellsam.metrics.boxes_ap import box_ap_by_dataset
 from cellsam.models.cellsam import CellSAM
 from cellsam.models.finder import HungarianMatcher, SetCriterion
 from cellsam.ops.boxes import box_cxcywh_to_xyxy
-from cellsam.systems.common import CheckpointMetaMixin, adamw, freeze_except, with_step_decay
+from cellsam.systems.common import (
+    CheckpointMetaMixin,
+    adamw,
+    freeze_except,
+    log_step_scalars,
+    with_step_decay,
+)
 from cellsam.utils.distributed import all_reduce_mean, gather_records
 
 
@@ -28,20 +34,18 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
     def __init__(
         self,
         model: CellSAM,
-        lr: float = 1e-4,
-        lr_trunk: float = 1e-5,
-        weight_decay: float = 1e-4,
-        lr_drop: int = 40,
-        lr_drop_factor: float = 0.1,
-        loss_weights: Mapping[str, float] | None = None,
-        matcher_costs: Mapping[str, float] | None = None,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        aux_one_to_many: int = 1,
+        *,
+        lr: float,
+        lr_trunk: float,
+        weight_decay: float,
+        lr_drop: int,
+        lr_drop_factor: float,
+        loss_weights: Mapping[str, float],
+        matcher_costs: Mapping[str, float],
+        focal_alpha: float,
+        focal_gamma: float,
+        aux_layer_matches_per_cell: int = 1,
         iou_aware_class: bool = False,
-        one_to_many_k: int = 6,
-        one_to_many_weight: float = 1.0,
-        coco_every_n_epochs: int = 1,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -49,24 +53,17 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         self.model = model
         self.run_config = dict(run_config or {})
         freeze_except(model, ["trunk", "finder"])
-        matcher = HungarianMatcher(
-            **dict(matcher_costs or {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0}),
-            focal_alpha=focal_alpha,
-            focal_gamma=focal_gamma,
-        )
-        weights = dict(loss_weights or {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0})
+        matcher = HungarianMatcher(**dict(matcher_costs), focal_alpha=focal_alpha,
+                                   focal_gamma=focal_gamma)
         self.criterion = SetCriterion(
             matcher,
-            weights,
+            dict(loss_weights),
             focal_alpha,
             focal_gamma,
-            aux_one_to_many,
-            iou_aware_class,
-            one_to_many_k,
-            one_to_many_weight,
+            aux_layer_matches_per_cell=aux_layer_matches_per_cell,
+            iou_aware_class=iou_aware_class,
         )
         self._val_records: list[dict[str, Any]] = []
-        self._last_val: dict[str, float] = {}
 
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -78,11 +75,10 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         num_boxes = all_reduce_mean(local).clamp_min(1.0)
         losses = self.criterion(outputs, targets, num_boxes)
         total = self.criterion.weighted_total(losses)
-        bs = len(targets)
         # With the box-count normalisation the rank mean is the global batch's loss exactly.
-        self.log("train/loss", total, prog_bar=True, batch_size=bs, sync_dist=True)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, batch_size=bs, sync_dist=True)
+        # The names depend only on the model's layers, so every rank logs the same ones.
+        scalars = {"train/loss": total, **{f"train/{k}": v for k, v in losses.items()}}
+        log_step_scalars(self, scalars, len(targets), prog_bar=("train/loss",))
         return total
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -127,12 +123,8 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         records = gather_records(self._val_records)
         self._val_records = []
-        every = max(1, int(self.hparams.coco_every_n_epochs))
-        if not self._last_val or self.current_epoch % every == 0 or self.trainer.sanity_checking:
-            self._last_val = {}
-            for name, values in box_ap_by_dataset(records).items():
-                for key, value in values.items():
-                    self._last_val[f"val/{name}/{key}"] = value
         # Every rank holds the same gathered numbers, so no further sync is needed.
-        for key, value in self._last_val.items():
-            self.log(key, value, prog_bar=key.startswith("val/all/box_ap50"), sync_dist=False)
+        for name, values in box_ap_by_dataset(records).items():
+            for key, value in values.items():
+                self.log(f"val/{name}/{key}", value, prog_bar=name == "all" and key == "box_ap50",
+                         sync_dist=False)

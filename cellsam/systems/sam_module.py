@@ -17,37 +17,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cellsam.models.cellsam import CellSAM
-from cellsam.systems.common import CheckpointMetaMixin, adamw, freeze_except, with_step_decay
-from cellsam.utils.distributed import all_reduce_mean, gather_records
+from cellsam.models.mask_criterion import MASK_LOSS_NAMES, MaskCriterion, mask_iou
+from cellsam.systems.common import (
+    CheckpointMetaMixin,
+    adamw,
+    freeze_except,
+    log_step_scalars,
+    with_step_decay,
+)
+from cellsam.utils.distributed import all_reduce_mean, gather_records, world_size
 
 STAGE2_PARTS = ("trunk", "neck", "prompt_encoder", "mask_decoder")
-
-
-def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25,
-                       gamma: float = 2.0) -> Tensor:
-    """Per-mask mean focal loss: logits, targets `[K, H, W]` -> `[K]` (SAM: alpha .25, gamma 2)."""
-    p = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
-    return loss.flatten(1).mean(1)
-
-
-def dice_loss(logits: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
-    """Per-mask soft Dice loss: `[K, H, W]` -> `[K]`."""
-    p = logits.sigmoid().flatten(1)
-    t = targets.flatten(1)
-    return 1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
-
-
-def mask_iou(pred: Tensor, target: Tensor) -> Tensor:
-    """IoU of boolean masks `[K, H, W]` -> `[K]` (1 when both are empty)."""
-    pred, target = pred.flatten(1), target.flatten(1)
-    inter = (pred & target).sum(1).float()
-    union = (pred | target).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
 def jitter_boxes(boxes: Tensor, std: float, size: int, generator: torch.Generator | None = None
@@ -66,7 +46,8 @@ def jitter_boxes(boxes: Tensor, std: float, size: int, generator: torch.Generato
 
 
 class SamModule(CheckpointMetaMixin, L.LightningModule):
-    """Mask loss as in SAM (focal + dice, 20:1) plus MSE on the predicted IoU.
+    """Mask loss as in SAM (focal + dice, 20:1) plus MSE on the predicted IoU
+    (`MaskCriterion`).
 
     At most `max_boxes_per_image` ground-truth boxes per image per step (random subset)
     bound the decoder's memory; `box_jitter` adds corner noise. Validation decodes every
@@ -84,9 +65,10 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         weight_decay: float = 1e-4,
         max_boxes_per_image: int = 32,
         box_jitter: float = 0.05,
-        loss_weights: Mapping[str, float] | None = None,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        *,
+        loss_weights: Mapping[str, float],
+        focal_alpha: float,
+        focal_gamma: float,
         val_box_batch: int = 64,
         loss_size: int | None = None,
         lr_drop: int | None = None,
@@ -113,7 +95,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
             for p in [*pe.point_embeddings[0].parameters(), *pe.point_embeddings[1].parameters(),
                       *pe.not_a_point_embed.parameters(), *pe.mask_downscaling.parameters()]:
                 p.requires_grad_(False)
-        self.weights = dict(loss_weights or {"mask_focal": 20.0, "mask_dice": 1.0, "iou_mse": 1.0})
+        self.criterion = MaskCriterion(loss_weights, focal_alpha, focal_gamma)
         self._val_records: list[dict[str, Any]] = []
 
     # -- shared ---------------------------------------------------------------------------------
@@ -152,11 +134,9 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         emb = self.embeddings(batch["images"])
         labels = batch["labels"].to(self.device)
         label_hw = tuple(labels.shape[-2:])
-        # The loss runs at the label size by default; `loss_size` trades that for speed
-        # (a 512 px label has 4x the pixels of 256 px to upsample and score; measured on the
-        # quickstart with the skip below: 0.34 -> 0.26 s per step under the profiler).
+        # The loss runs at the label size by default; `loss_size` trades that for speed.
         loss_hw = (hp.loss_size, hp.loss_size) if hp.loss_size else label_hw
-        focal, dice, iou_mse = [], [], []
+        logits, iou_pred, targets = [], [], []
         for i, target in enumerate(batch["targets"]):
             ids = target["ids"]
             if ids.numel() == 0:
@@ -167,41 +147,32 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
                 pick = torch.arange(ids.numel())
             boxes = self._input_boxes(target["boxes_xyxy"][pick], label_hw)
             boxes = jitter_boxes(boxes, hp.box_jitter, self.model.image_size)
-            gt = labels[i][None] == ids[pick].to(self.device)[:, None, None]
-            logits, iou_pred = self._decode_to_size(emb[i:i + 1], boxes, loss_hw)
-            gt_f = gt.float()
+            gt = (labels[i][None] == ids[pick].to(self.device)[:, None, None]).float()
             if loss_hw != label_hw:  # fraction of each loss pixel covered by the cell
-                gt_f = F.interpolate(gt_f[None], size=loss_hw, mode="area")[0]
-                gt = gt_f >= 0.5
-            if self.weights.get("mask_focal", 0.0):
-                focal.append(sigmoid_focal_loss(logits, gt_f, hp.focal_alpha, hp.focal_gamma))
-            else:  # weight 0: skip computing the [K, H, W] focal terms
-                focal.append(logits.new_zeros(logits.shape[0]))
-            dice.append(dice_loss(logits, gt_f))
-            # SAM's IoU head target: IoU of the thresholded prediction with the truth (no grad)
-            iou_true = mask_iou(logits.detach() > 0, gt)
-            iou_mse.append((iou_pred - iou_true) ** 2)
+                gt = F.interpolate(gt[None], size=loss_hw, mode="area")[0]
+            image_logits, image_iou = self._decode_to_size(emb[i:i + 1], boxes, loss_hw)
+            logits.append(image_logits)
+            iou_pred.append(image_iou)
+            targets.append(gt)
         # Normalise by the mask count averaged over ranks (as stage 1 does with boxes): with
         # DDP's gradient averaging every mask then weighs the same as in one process on the
-        # global batch. The all-reduce runs on every rank, also one without cells, so the
-        # ranks stay in step.
-        n_local = torch.tensor(float(sum(len(f) for f in focal)), device=self.device)
-        n_masks = all_reduce_mean(n_local).clamp_min(1.0)
-        bs = len(batch["targets"])
-        if not focal:
-            # No cell in this batch: a zero loss that still touches every trainable
-            # parameter, so DDP's gradient all-reduce stays in step across ranks.
-            zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
-            self.log("train/loss", 0.0, batch_size=bs, sync_dist=True)
-            return zero
-        losses = {"mask_focal": torch.cat(focal).sum() / n_masks,
-                  "mask_dice": torch.cat(dice).sum() / n_masks,
-                  "iou_mse": torch.cat(iou_mse).sum() / n_masks}
-        total = sum(self.weights.get(k, 0.0) * v for k, v in losses.items())
-        self.log("train/loss", total, prog_bar=True, batch_size=bs, sync_dist=True)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, batch_size=bs, sync_dist=True)
-        self.log("train/masks_per_step", n_masks, batch_size=bs)
+        # global batch. Every rank runs the same collectives, also one without cells.
+        n_local = torch.tensor(float(sum(len(t) for t in targets)), device=self.device)
+        n_masks_mean = all_reduce_mean(n_local)
+        n_masks = n_masks_mean.clamp_min(1.0)
+        if targets:
+            losses = self.criterion(torch.cat(logits), torch.cat(iou_pred), torch.cat(targets),
+                                    n_masks)
+            total = self.criterion.weighted_total(losses)
+        else:
+            # No cell in this batch: zero terms, and a zero loss that still touches every
+            # trainable parameter, so DDP's gradient all-reduce stays in step across ranks.
+            zero = torch.zeros((), device=self.device)
+            losses = dict.fromkeys(MASK_LOSS_NAMES, zero)
+            total = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+        scalars = {"train/loss": total, **{f"train/{k}": v for k, v in losses.items()},
+                   "train/masks_per_step": n_masks_mean * world_size()}
+        log_step_scalars(self, scalars, len(batch["targets"]), prog_bar=("train/loss",))
         return total
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -26,14 +27,30 @@ def run_id() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f") + f"_{os.getpid()}"
 
 
-def folder_name(choice: object, datasets: object = None) -> str:
+def folder_name(choice: object, datasets: object = None, inputs: object = None) -> str:
     """The data choice as a folder name. `data=[a,b]` (which Hydra records as no single
-    choice) gives the dataset names joined: `a+b`."""
+    choice) gives the dataset names joined: `a+b`. Without data (`predict.py`) the
+    `input` names the folder: its folder (for a folder or a glob) or file stem."""
     if isinstance(choice, str):
         return choice.replace("/", "-")
     if datasets:
         return "+".join(str(name) for name in datasets)
+    if inputs:
+        return input_name(str(inputs))
     return "none"
+
+
+def input_name(spec: str) -> str:
+    """`images/*.tif` -> `images`, `plates/a1.png` -> `a1`, `data/raw/` -> `raw`."""
+    path = Path(spec.rstrip("/"))
+    while path.parts and any(c in path.name for c in "*?["):
+        path = path.parent
+    if path.suffix and not any(c in spec for c in "*?["):
+        name = path.stem
+    else:
+        name = path.name
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return name or "input"
 
 
 def register_resolvers() -> None:

@@ -119,7 +119,8 @@ def write_run_info(output_dir: Path, cfg: Any, datamodule: Any | None = None) ->
     if info:
         info.setdefault("restarts", []).append({"start_time": now, **record})
     else:
-        info = {"stage": cfg.stage.name, "start_time": now, "end_time": None, **record}
+        stage = OmegaConf.select(cfg, "stage.name", default=cfg.get("task_name"))
+        info = {"stage": stage, "start_time": now, "end_time": None, **record}
     path.write_text(json.dumps(info, indent=2, default=str))
     if OmegaConf.is_config(cfg):
         (output_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))

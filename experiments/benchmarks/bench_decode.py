@@ -1,4 +1,4 @@
-"""Box decoding speed: one box at a time (as the released code) vs batched vs the fast decoder.
+"""Box decoding speed: one box at a time (as the released code), batched, windowed, fast.
 
 For 100 and 1000 box prompts on one image embedding, times three ways of going from boxes
 to thresholded masks at the image size, in the same run, and prints seconds per image and
@@ -7,6 +7,8 @@ the ratios:
 - `one-at-a-time`: `CellSAM.decode` per box, each mask upsampled over the whole image (the
   released package's loop);
 - `batched`: `CellSAM.decode` on batches of boxes, masks upsampled over the whole image;
+- `standard`: `decode_cells` with SAM's own decoder, masks upsampled only on a window
+  around each box (the windowing without the re-ordered decoder);
 - `fast`: `decode_cells` with the fast decoder (per-image work shared, IoU filter before the
   mask head, masks made and upsampled only on a window around each box).
 
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from cellsam.inference.decode import decode_batched, decode_cells, decode_fast, upsample_full
-from cellsam.inference.postprocess import InferenceSettings
+from cellsam.inference.settings import InferenceSettings
 from cellsam.models.cellsam import CellSAM, build_cellsam
 
 
@@ -109,9 +111,14 @@ def bench(boxes: torch.Tensor, model: CellSAM, emb: torch.Tensor, hw: tuple[int,
         for b in args.batch:
             t_batch[b], full = timed(lambda b=b: batched_full(model, emb, boxes, hw, keep_all, b),
                                      args.repeats)
+        standard = {}
+        for b in args.batch:
+            cfg = replace(settings, box_batch_size=b, decoder="standard")
+            standard[b], _ = timed(
+                lambda cfg=cfg: decode_cells(model, emb, boxes, scores, hw, cfg), args.repeats)
         fast = {}
         for b in args.batch:
-            cfg = replace(settings, box_batch_size=b)
+            cfg = replace(settings, box_batch_size=b, decoder="fast")
             fast[b], cells = timed(lambda cfg=cfg: decode_cells(model, emb, boxes, scores, hw, cfg),
                                    args.repeats)
         # exactness of the re-ordered decoder on the low-res logits (first 64 boxes)
@@ -127,9 +134,12 @@ def bench(boxes: torch.Tensor, model: CellSAM, emb: torch.Tensor, hw: tuple[int,
         print(f"  batched, {b:3d} boxes per call    {t_batch[b]:8.2f}   "
               f"one-at-a-time / batched = {t_one / t_batch[b]:.2f}x")
     for b in args.batch:
+        print(f"  standard windowed, {b:3d} per call {standard[b]:8.2f}   "
+              f"one-at-a-time / standard = {t_one / standard[b]:.2f}x")
+    for b in args.batch:
         print(f"  fast, {b:3d} boxes per call       {fast[b]:8.2f}   "
-              f"one-at-a-time / fast = {t_one / fast[b]:.2f}x, batched / fast = "
-              f"{t_batch[b] / fast[b]:.2f}x")
+              f"one-at-a-time / fast = {t_one / fast[b]:.2f}x, standard windowed / fast = "
+              f"{standard[b] / fast[b]:.2f}x")
     print(f"  fast vs full decoding: max |low-res logit diff| {diff:.1e}; mean mask IoU "
           f"{miou:.4f} over {len(cells)} masks (window margin {settings.mask_margin})",
           flush=True)

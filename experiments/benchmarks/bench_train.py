@@ -35,7 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from cellsam.data.transforms import augment, label_targets
+from cellsam.data.transforms import geometric, label_targets, photometric, resize_image
 from cellsam.tasks.train import build_module
 from cellsam.utils.resolvers import register_resolvers
 
@@ -120,8 +120,8 @@ def time_loader(cfg, input_size: int, items: int) -> tuple[float, float]:
         index = first.indices[i]
         image = torch.from_numpy(first.data.images[index].copy())
         label = torch.from_numpy(first.data.labels[index, 0].astype("int64"))
-        image, label = augment(image, label, first.augment_cfg)
-        first._resize(image)
+        image, label = geometric(image, label, first.augment_cfg)
+        resize_image(photometric(image, first.augment_cfg), first.input_size)
         label_targets(label)
 
     rates = []

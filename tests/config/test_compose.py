@@ -92,6 +92,16 @@ def test_run_dirs_name_stage_and_data_and_never_collide():
     assert resolvers.run_id() == b  # stable within a process
 
 
+@pytest.mark.parametrize(("spec", "folder"), [("images/*.tif", "images"), ("plates/a1.png", "a1"),
+                                              ("data/raw/", "raw")])
+def test_predict_and_eval_run_dirs(spec, folder):
+    out = _resolve(_compose("predict", ["ckpt=x", f"input={spec}", "output=o"]))
+    assert f"/predict/{folder}/" in out["hydra"]["run"]["dir"]
+    assert "stage" not in out  # no invented stage block just to name folders
+    out = _resolve(_compose("eval", ["ckpt=x", "data=synthetic"]))
+    assert "/eval/synthetic/" in out["hydra"]["run"]["dir"] and "stage" not in out
+
+
 def test_slurm_run_id(monkeypatch):
     from cellsam.utils import resolvers
 

@@ -15,12 +15,22 @@ import csv
 import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from tiny_train import ROOT, ddp_worker, global_batch, step_gradients, tiny_overrides
+from conf_values import stage_module_args
+from tiny_train import (
+    ROOT,
+    ddp_worker,
+    global_batch,
+    slice_batch,
+    step_gradients,
+    tiny_overrides,
+    without_cells,
+)
 
 
 def _free_port() -> int:
@@ -40,9 +50,41 @@ def _check_same(ddp: dict, single_loss: float, single_grads: dict[str, torch.Ten
 def two_ranks(synthetic_dir, tmp_path_factory) -> dict:
     """Both stages' averaged losses and gradients from one two-process group."""
     out = tmp_path_factory.mktemp("ddp") / "steps.pt"
-    mp.spawn(ddp_worker, args=(2, _free_port(), ["finder", "sam"], str(synthetic_dir), str(out)),
-             nprocs=2, join=True)
+    _spawn((2, _free_port(), ["finder", "sam"], str(synthetic_dir), str(out)))
     return torch.load(out, weights_only=False)
+
+
+def _spawn(args: tuple, timeout: float = 180.0) -> None:
+    """`mp.spawn` two ranks of `ddp_worker`, failing (not hanging) after `timeout` s."""
+    context = mp.spawn(ddp_worker, args=args, nprocs=2, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"DDP ranks did not finish within {timeout:.0f} s "
+                        "(collectives out of step)")
+
+
+def test_rank_without_cells_stays_in_step_and_logs_the_global_batch(synthetic_dir, tmp_path):
+    """Rank 1's batch holds no cell: both ranks still make the same collectives (the run
+    finishes), and the logged scalars and gradients equal one process's on the global batch
+    (rank 0's images plus rank 1's empty ones)."""
+    out = tmp_path / "steps.pt"
+    _spawn((2, _free_port(), ["finder", "sam"], str(synthetic_dir), str(out), 1))
+    ddp = torch.load(out, weights_only=False)
+    batch = global_batch(synthetic_dir, 4)
+    merged = {**batch}
+    empty = without_cells(slice_batch(batch, 2, 4))
+    merged["labels"] = torch.cat([batch["labels"][:2], empty["labels"]])
+    merged["targets"] = batch["targets"][:2] + empty["targets"]
+    for stage in ("finder", "sam"):
+        logged: dict[str, float] = {}
+        single_loss, single_grads = step_gradients(stage, merged, logged)
+        _check_same(ddp[stage], single_loss, single_grads)
+        assert ddp[stage]["logged"].keys() == logged.keys() and "train/loss" in logged
+        for key, value in logged.items():
+            assert ddp[stage]["logged"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 def test_finder_loss_normalisation_matches_one_process(synthetic_dir, two_ranks):
@@ -64,7 +106,7 @@ def _one_process_box_map(ckpt: Path, data_dir: Path) -> float:
     from cellsam.systems.finder_module import FinderModule
     from cellsam.utils.checkpoint import load_model
 
-    module = FinderModule(load_model(ckpt)[0]).eval()
+    module = FinderModule(load_model(ckpt)[0], **stage_module_args("finder")).eval()
     dm = CellDataModule({"synthetic": {"path": str(data_dir)}}, num_workers=0, input_size=128)
     items = list(dm.split_datasets("val")["synthetic"])
     batch = collate(items)

@@ -146,18 +146,24 @@ def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
         assert not differ, f"DDP differs from one process on {differ}"
 
 
-def test_schedule_and_relogging(data_dir):
-    """Metrics every 2nd epoch (and the last), COCO every 4th; between, the last values."""
+def test_schedule_logs_only_what_was_computed(data_dir):
+    """Metrics every 2nd epoch (and the last), COCO every 4th; nothing is logged again from
+    an earlier epoch; every_n_epochs=None runs under trainer.test only."""
     cb = StubMetrics(every_n_epochs=2, coco_every_n_epochs=4)
     logs = [run_validation(str(data_dir), 0, 1, cb, fake_trainer(e, 4), ("beta",))[0]
             for e in range(4)]
     assert cb.schedule == [(True, True), (False, False), (True, False), (True, True)]
     assert not np.isnan(logs[0]["val/all/coco_map"])
-    assert logs[1] == logs[0]  # epoch 1: not computed, previous values logged again
-    assert logs[2] == logs[0]  # epoch 2: computed without COCO; COCO keys keep epoch 0's
+    assert logs[1] == {}  # epoch 1: not computed, nothing logged
+    coco = {k for k in logs[0] if "/coco_" in k}
+    assert coco and not coco & logs[2].keys()  # epoch 2: computed without COCO
+    assert logs[2] == {k: v for k, v in logs[0].items() if k not in coco}
     assert logs[3] == logs[0]  # last epoch: computed with COCO (same stand-in predictions)
-    assert cb.state_dict()["last"] == logs[0]
-    # trainer.test: always computed (with COCO), logged under test/, val history untouched
+    # trainer.test: always computed (with COCO), logged under test/
     test_logs, _ = run_validation(str(data_dir), 0, 1, cb, fake_trainer(1, 4), ("beta",), "test")
     assert test_logs == {k.replace("val/", "test/", 1): v for k, v in logs[0].items()}
-    assert cb.state_dict()["last"] == logs[0]
+    off = StubMetrics(every_n_epochs=None)
+    assert run_validation(str(data_dir), 0, 1, off, fake_trainer(3, 4), ("beta",))[0] == {}
+    assert run_validation(str(data_dir), 0, 1, off, fake_trainer(3, 4), ("beta",), "test")[0]
+    with pytest.raises(ValueError, match="every_n_epochs must be >= 1"):
+        StubMetrics(every_n_epochs=0)

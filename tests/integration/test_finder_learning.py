@@ -11,13 +11,13 @@ import warnings
 
 import pytest
 import torch
+from conf_values import NO_AUGMENT, stage_module_args
 
 from cellsam.data.datamodule import CellDataModule
 from cellsam.models.cellsam import build_cellsam
 from cellsam.systems.finder_module import FinderModule
 
-NO_AUG = {"hflip": 0, "vflip": 0, "rot90": False, "zoom_p": 0, "gamma_p": 0, "noise_p": 0,
-          "blur_p": 0}
+NO_AUG = NO_AUGMENT
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_finder_module_fits_a_batch(synthetic_dir):
             finder={"hidden_dim": 64, "ffn_dim": 128, "num_heads": 4, "num_encoder_layers": 1,
                     "num_decoder_layers": 2, "num_queries": 64, "position_init_gain": 10.0},
         )
-    module = FinderModule(model, lr=1e-3, lr_trunk=5e-4)
+    module = FinderModule(model, **stage_module_args("finder", lr=1e-3, lr_trunk=5e-4))
     dm = CellDataModule({"s": {"path": str(synthetic_dir)}}, batch_size=2, num_workers=0,
                         augment=NO_AUG, input_size=model.image_size)
     dm.setup("fit")

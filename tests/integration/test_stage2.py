@@ -20,12 +20,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conf_values import stage_module_args
 from tiny_train import run_train
 
 NO_AUGMENT = ["data.augment.hflip=0", "data.augment.vflip=0", "data.augment.rot90=false",
               "data.augment.zoom_p=0", "data.augment.gamma_p=0", "data.augment.noise_p=0",
               "data.augment.blur_p=0"]
 
+
+
+def sam_module(model, **overrides):
+    """A SamModule with the stage config's arguments and `overrides`."""
+    from cellsam.systems.sam_module import SamModule
+
+    return SamModule(model, **stage_module_args("sam", **overrides))
 
 
 @torch.no_grad()
@@ -54,7 +62,7 @@ def gt_box_mask_iou(model, images: torch.Tensor, labels: np.ndarray) -> float:
 @pytest.mark.slow
 def test_stage1_then_stage2_learns_masks(synthetic_dir, tmp_path):
     from cellsam.data.format import open_split
-    from cellsam.inference import CellSAMPredictor, InferenceSettings
+    from cellsam.inference import CellSAMPredictor, InferenceSettings, resolve_settings
     from cellsam.utils.checkpoint import load_model
 
     threads = torch.get_num_threads()
@@ -103,7 +111,7 @@ def test_stage1_then_stage2_learns_masks(synthetic_dir, tmp_path):
 
     # the checkpoint: stage 2, everything for inference, the frozen trunk and CellFinder intact
     assert meta["stage"] == "sam" and meta["input_size"] == 512
-    assert InferenceSettings.from_dict(meta["inference"]) == InferenceSettings.from_preset("paper")
+    assert resolve_settings(meta["inference"]) == InferenceSettings.from_preset("paper")
     stage1, _ = load_model(s1["best_path"])
     for part in ("trunk", "finder"):
         for a, b in zip(stage1.part_parameters(part), model.part_parameters(part)):
@@ -145,10 +153,10 @@ def _batch():
 
 
 def test_sam_module_freezing_loss_and_gradients():
-    from cellsam.systems.sam_module import SamModule, jitter_boxes
+    from cellsam.systems.sam_module import jitter_boxes
 
     model = _tiny_model()
-    module = SamModule(model, max_boxes_per_image=1, box_jitter=0.1)
+    module = sam_module(model, max_boxes_per_image=1, box_jitter=0.1)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.sam.image_encoder.neck.named_parameters(
         prefix="sam.image_encoder.neck")}
@@ -171,22 +179,21 @@ def test_sam_module_freezing_loss_and_gradients():
 
 
 def test_sam_module_trainable_options():
-    from cellsam.systems.sam_module import SamModule
 
     model = _tiny_model()
-    SamModule(model, trainable=["neck", "prompt_encoder", "mask_decoder"])
+    sam_module(model, trainable=["neck", "prompt_encoder", "mask_decoder"])
     pe = model.sam.prompt_encoder
     assert not any(p.requires_grad for p in pe.mask_downscaling.parameters())  # unused by boxes
     assert pe.point_embeddings[2].weight.requires_grad and pe.no_mask_embed.weight.requires_grad
     assert all(p.requires_grad for p in model.part_parameters("mask_decoder"))
     assert not any(p.requires_grad for p in model.part_parameters("trunk"))
     with pytest.raises(ValueError, match="finder"):
-        SamModule(model, trainable=["neck", "finder"])
+        sam_module(model, trainable=["neck", "finder"])
     with pytest.raises(ValueError, match="empty"):
-        SamModule(model, trainable=[])
+        sam_module(model, trainable=[])
     # constant lr by default; `lr_drop` adds one step decay after that many epochs
-    assert isinstance(SamModule(model).configure_optimizers(), torch.optim.AdamW)
-    conf = SamModule(model, lr=1e-3, lr_drop=2, lr_drop_factor=0.5).configure_optimizers()
+    assert isinstance(sam_module(model).configure_optimizers(), torch.optim.AdamW)
+    conf = sam_module(model, lr=1e-3, lr_drop=2, lr_drop_factor=0.5).configure_optimizers()
     optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     lrs = []
     for _ in range(4):
@@ -197,13 +204,12 @@ def test_sam_module_trainable_options():
 
 
 def test_sam_module_loss_size():
-    from cellsam.systems.sam_module import SamModule
 
     weights = {"mask_focal": 20.0, "mask_dice": 1.0, "iou_mse": 1.0}
     model = _tiny_model()
     losses = {}
     for size in (None, 512, 256):
-        module = SamModule(model, box_jitter=0.0, loss_weights=weights, loss_size=size)
+        module = sam_module(model, box_jitter=0.0, loss_weights=weights, loss_size=size)
         logged: dict[str, float] = {}
         module.log = lambda name, value, _out=logged, **kw: _out.__setitem__(name, float(value))
         torch.manual_seed(0)
@@ -217,7 +223,7 @@ def test_sam_module_loss_size():
         assert losses[256][name] == pytest.approx(losses[None][name], rel=0.1)
     assert losses[256]["train/mask_dice"] != losses[None]["train/mask_dice"]
     # focal weight 0: the term is skipped (logged as 0) and the total is Dice + IoU MSE
-    module = SamModule(model, box_jitter=0.0, loss_size=256,
+    module = sam_module(model, box_jitter=0.0, loss_size=256,
                        loss_weights={"mask_focal": 0.0, "mask_dice": 1.0, "iou_mse": 1.0})
     logged = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))

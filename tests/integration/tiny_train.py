@@ -95,6 +95,8 @@ def tiny_module(stage: str):
     """A FinderModule or SamModule around the same tiny CellSAM on every call (fixed seed)."""
     import warnings
 
+    from conf_values import stage_module_args  # tests/ (on sys.path under pytest only)
+
     from cellsam.models.cellsam import build_cellsam
 
     torch.manual_seed(0)
@@ -108,10 +110,11 @@ def tiny_module(stage: str):
     if stage == "finder":
         from cellsam.systems.finder_module import FinderModule
 
-        return FinderModule(model)
+        return FinderModule(model, **stage_module_args("finder"))
     from cellsam.systems.sam_module import SamModule
 
-    return SamModule(model, box_jitter=0.0)  # no random draws: ranks and one process agree
+    # no random draws: ranks and one process agree
+    return SamModule(model, **stage_module_args("sam", box_jitter=0.0))
 
 
 def global_batch(data_dir: Path, n: int = 4) -> dict:
@@ -130,10 +133,22 @@ def slice_batch(batch: dict, start: int, stop: int) -> dict:
     return {k: v[start:stop] for k, v in batch.items()}
 
 
-def step_gradients(stage: str, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
-    """One training step's loss and the trainable parameters' gradients."""
+def without_cells(batch: dict) -> dict:
+    """The same images with every cell removed (labels 0, no targets)."""
+    empty = {"boxes": torch.zeros(0, 4), "boxes_xyxy": torch.zeros(0, 4),
+             "ids": torch.zeros(0, dtype=torch.int64)}
+    return {**batch, "labels": torch.zeros_like(batch["labels"]),
+            "targets": [dict(empty) for _ in batch["targets"]]}
+
+
+def step_gradients(stage: str, batch: dict, logged: dict | None = None
+                   ) -> tuple[float, dict[str, torch.Tensor]]:
+    """One training step's loss and the trainable parameters' gradients; the values the
+    step logs go into `logged` when given."""
     module = tiny_module(stage)
     module.train()
+    if logged is not None:
+        module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
     loss = module.training_step(batch, 0)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in module.named_parameters()
@@ -142,9 +157,10 @@ def step_gradients(stage: str, batch: dict) -> tuple[float, dict[str, torch.Tens
 
 
 def ddp_worker(rank: int, world: int, port: int, stages: list[str], data_dir: str,
-               out: str) -> None:
+               out: str, empty_rank: int | None = None) -> None:
     """One rank of a gloo process group: per stage, a training step on its share of the
-    global batch, then the gradient average that DDP performs; rank 0 saves the results."""
+    global batch, then the gradient average that DDP performs; rank 0 saves the results
+    (with what each step logged). Rank `empty_rank` gets its share without any cell."""
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -154,15 +170,20 @@ def ddp_worker(rank: int, world: int, port: int, stages: list[str], data_dir: st
         batch = global_batch(Path(data_dir), 2 * world)
         boxes = torch.tensor([float(len(t["boxes"])) for t in batch["targets"]])
         results = {}
+        share = slice_batch(batch, 2 * rank, 2 * rank + 2)
+        if rank == empty_rank:
+            share = without_cells(share)
         for stage in stages:
-            loss, grads = step_gradients(stage, slice_batch(batch, 2 * rank, 2 * rank + 2))
+            logged: dict[str, float] = {}
+            loss, grads = step_gradients(stage, share, logged)
             for g in grads.values():
                 dist.all_reduce(g)
                 g /= world
             mean_loss = torch.tensor(loss)
             dist.all_reduce(mean_loss)
             mean_loss /= world
-            results[stage] = {"loss": float(mean_loss), "grads": grads, "boxes": boxes}
+            results[stage] = {"loss": float(mean_loss), "grads": grads, "boxes": boxes,
+                              "logged": logged}
         if rank == 0:
             torch.save(results, out)
     finally:

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torchvision
 
-from cellsam.models.finder.criterion import SetCriterion, sigmoid_focal_loss
+from cellsam.models.finder.criterion import SetCriterion
 from cellsam.models.finder.matcher import HungarianMatcher
+from cellsam.models.losses import sigmoid_focal_loss
 
 WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conf_values import NO_AUGMENT, augment_block
 
 from cellsam.data.datamodule import CellDataModule, collate
 from cellsam.data.format import write_dataset
 from cellsam.data.transforms import AugmentConfig, augment, label_targets, zoom_crop
 
-GEOMETRIC = AugmentConfig(
-    hflip=0.5, vflip=0.5, rot90=True, zoom_p=0.0, gamma_p=0.0, noise_p=0.0, blur_p=0.0
-)
+GEOMETRIC = AugmentConfig.from_config(augment_block(
+    hflip=0.5, vflip=0.5, rot90=True, zoom_p=0.0, gamma_p=0.0, noise_p=0.0, blur_p=0.0))
 
 
 def _hand_made() -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +44,7 @@ def test_geometric_augmentation_keeps_image_label_and_boxes_consistent():
     seen = set()
     for _ in range(40):
         image, label = _hand_made()
-        img, lab = augment(image, label, GEOMETRIC)
+        img, lab = augment(image, label, GEOMETRIC, 64)
         # the encoded id in the image equals the label everywhere
         assert torch.equal((img[1] * 10).round().long(), lab)
         t = label_targets(lab)
@@ -77,8 +77,9 @@ def test_photometric_keeps_blank_channel_blank_and_range():
     torch.manual_seed(1)
     image, label = _hand_made()
     image[0] = 0
-    cfg = AugmentConfig(hflip=0, vflip=0, rot90=False, zoom_p=0, gamma_p=1, noise_p=1, blur_p=1)
-    img, lab = augment(image, label, cfg)
+    cfg = AugmentConfig.from_config(augment_block(hflip=0, vflip=0, rot90=False, zoom_p=0,
+                                                  gamma_p=1, noise_p=1, blur_p=1))
+    img, lab = augment(image, label, cfg, 64)
     assert torch.equal(lab, label)
     assert img[0].abs().max() == 0
     assert img.min() >= 0 and img.max() <= 1
@@ -116,15 +117,7 @@ def test_datamodule_union_per_dataset_loaders_and_resizing(two_datasets):
         },
         batch_size=2,
         num_workers=0,
-        augment={
-            "hflip": 0,
-            "vflip": 0,
-            "rot90": False,
-            "zoom_p": 0,
-            "gamma_p": 0,
-            "noise_p": 0,
-            "blur_p": 0,
-        },
+        augment=NO_AUGMENT,
         input_size=256,
     )
     dm.setup("fit")
@@ -171,21 +164,21 @@ def test_collate_variable_counts():
 def test_photometric_runs_at_the_smaller_of_stored_and_input_size(
     two_datasets, monkeypatch, input_size
 ):
-    import cellsam.data.datamodule as datamodule
+    import cellsam.data.transforms as transforms
 
     seen = []
-    original = datamodule.photometric
+    original = transforms.photometric
 
     def spy(image, cfg):
         seen.append(tuple(image.shape))
         return original(image, cfg)
 
-    monkeypatch.setattr(datamodule, "photometric", spy)
+    monkeypatch.setattr(transforms, "photometric", spy)
     dm = CellDataModule(
         {"a": {"path": str(two_datasets / "a")}},
         batch_size=1,
         num_workers=0,
-        augment={"gamma_p": 1.0, "noise_p": 1.0, "blur_p": 0.0},
+        augment=augment_block(gamma_p=1.0, noise_p=1.0, blur_p=0.0),
         input_size=input_size,
     )
     dm.setup("fit")

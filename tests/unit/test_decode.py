@@ -19,7 +19,7 @@ from cellsam.inference.decode import (
     upsample_full,
     upsample_windows,
 )
-from cellsam.inference.postprocess import InferenceSettings
+from cellsam.inference.settings import InferenceSettings
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Optional CellFinder training aids: spatial prior, grid anchors, IoU-aware class loss,
-one-to-many auxiliary matching, sin/cos ViT position init, enlarged synthetic cells."""
+more matches per cell on the auxiliary layers, enlarged synthetic cells."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import torch
 from cellsam.data.synthetic import generate_sample, render_scaled
 from cellsam.models.finder import CellFinder
 from cellsam.models.finder.anchor_detr import init_anchor_points
-from cellsam.models.finder.criterion import SetCriterion, quality_focal_loss
+from cellsam.models.finder.criterion import SetCriterion
 from cellsam.models.finder.matcher import HungarianMatcher
 from cellsam.models.finder.rcda import MultiheadRCDA
 from cellsam.models.finder.spatial_prior import AnchorSpatialPrior
-from cellsam.models.sam import build_sam
+from cellsam.models.finder.training_aids import aux_layer_repeats
+from cellsam.models.losses import quality_focal_loss
 
 WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
@@ -104,11 +105,12 @@ def _grid_outputs(num_queries: int) -> dict:
     return {**layer, "aux_outputs": [dict(layer)]}
 
 
-def test_aux_one_to_many_gives_aux_layers_k_matches_per_cell() -> None:
+def test_aux_layers_get_k_matches_per_cell() -> None:
     targets = [{"boxes": torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1]])}]
-    crit = SetCriterion(HungarianMatcher(), WEIGHTS, aux_one_to_many=3)
-    assert crit._aux_repeats(_grid_outputs(10), targets, 3) == 3
-    assert crit._aux_repeats(_grid_outputs(5), targets, 3) == 2  # capped: 2 cells x 2 <= 5
+    crit = SetCriterion(HungarianMatcher(), WEIGHTS, aux_layer_matches_per_cell=3)
+    assert aux_layer_repeats(10, targets, 3) == 3
+    assert aux_layer_repeats(5, targets, 3) == 2  # capped: 2 cells x 2 <= 5
+    assert aux_layer_repeats(10, [{"boxes": torch.zeros(0, 4)}], 3) == 1
     # Final layer one-to-one: its loss equals the plain criterion's.
     plain = SetCriterion(HungarianMatcher(), WEIGHTS)(_grid_outputs(10), targets, 2.0)
     o2m = crit(_grid_outputs(10), targets, 2.0)
@@ -122,23 +124,8 @@ def test_aux_one_to_many_gives_aux_layers_k_matches_per_cell() -> None:
     pred = outputs["aux_outputs"][0]["pred_boxes"][0, idx[0]]
     expected_l1 = (pred - aux_targets[0]["boxes"][idx[1]]).abs().sum() / 6
     assert o2m["loss_bbox_0"].item() == pytest.approx(expected_l1.item(), rel=1e-5)
-    with pytest.raises(ValueError, match="aux_one_to_many"):
-        SetCriterion(HungarianMatcher(), WEIGHTS, aux_one_to_many=0)
-
-
-def test_random_vit_gets_sincos_position_embedding() -> None:
-    with pytest.warns(UserWarning, match="random weights"):
-        sam = build_sam("tiny", image_size=128)
-    pos = sam.image_encoder.pos_embed[0]  # [G, G, C]
-    g, c = pos.shape[0], pos.shape[-1]
-    assert g == 8 and c == 96
-    # Channel 0 is sin(y * omega_0) = sin(y), constant along x; channel c/2 is sin(x).
-    assert torch.allclose(pos[:, 3, 0], torch.sin(torch.arange(8.0)), atol=1e-6)
-    assert torch.allclose(pos[5, :, c // 2], torch.sin(torch.arange(8.0)), atol=1e-6)
-    assert torch.allclose(pos[:, :, c // 4], torch.cos(torch.arange(8.0))[:, None].expand(8, 8))
-    # Every grid position gets its own embedding.
-    flat = pos.reshape(g * g, c)
-    assert torch.cdist(flat, flat).add(torch.eye(g * g)).min() > 1e-3
+    with pytest.raises(ValueError, match="aux_layer_matches_per_cell"):
+        SetCriterion(HungarianMatcher(), WEIGHTS, aux_layer_matches_per_cell=0)
 
 
 def test_render_scaled_enlarges_cells() -> None:
@@ -168,42 +155,3 @@ def test_iou_aware_class_on_an_image_without_cells() -> None:
     expected = quality_focal_loss(logits, torch.zeros_like(logits), 2.0).sum()
     assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0
-
-
-def test_spatial_prior_per_image_points_equal_per_image_calls() -> None:
-    prior = AnchorSpatialPrior(num_heads=3)
-    points = torch.rand(2, 5, 2)  # [B, Q, 2]
-    pos_x, pos_y = torch.linspace(0, 1, 7), torch.linspace(0, 1, 4)
-    row, col = prior(points, pos_x, pos_y)
-    assert row.shape == (2, 3, 5, 7) and col.shape == (2, 3, 5, 4)
-    for b in range(2):
-        r, c = prior(points[b], pos_x, pos_y)
-        assert torch.equal(row[b], r) and torch.equal(col[b], c)
-
-
-def test_box_refine_moves_each_layers_reference_to_the_previous_centres(small_finder) -> None:
-    plain, refined = small_finder(), small_finder(box_refine=True)
-    assert set(plain.state_dict()) == set(refined.state_dict())  # no new weights
-    x = torch.randn(2, 16, 6, 5)
-    # Zero-initialised box offsets: every centre is its anchor, so refining changes nothing
-    # (up to sigmoid(inverse_sigmoid(a)) rounding).
-    a, b = plain(x), refined(x)
-    assert torch.allclose(a["pred_boxes"], b["pred_boxes"], atol=1e-5)
-    with torch.no_grad():
-        last = refined.bbox_embed.layers[-1]
-        last.weight.normal_(0, 0.5)
-        plain.bbox_embed.layers[-1].load_state_dict(last.state_dict())
-    a, b = plain(x), refined(x)
-    layers_a = [o["pred_boxes"] for o in a["aux_outputs"]] + [a["pred_boxes"]]
-    layers_b = [o["pred_boxes"] for o in b["aux_outputs"]] + [b["pred_boxes"]]
-    assert torch.equal(layers_a[0], layers_b[0])  # the first layer starts from the anchors
-    assert not torch.allclose(layers_a[1], layers_b[1])
-    # Layer l's reference points are layer l-1's centres.
-    hs, refs = refined.transformer(refined.input_proj(x), refined._refined_centres)
-    assert hs.shape == (3, 2, 16, 32) and refs.shape == (3, 2, 16, 2)
-    for layer in (1, 2):
-        assert torch.allclose(refs[layer], layers_b[layer - 1][..., :2], atol=1e-6)
-    assert torch.allclose(refs[0], refined.transformer.anchors().expand(2, -1, -1))
-    assert torch.allclose(refined._boxes(hs[2], refs[2]), layers_b[2], atol=1e-6)
-    b["pred_boxes"].sum().backward()
-    assert refined.transformer.decoder_layers[2].spatial_prior.log_sigma.grad is not None

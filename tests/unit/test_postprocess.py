@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
 from cellsam.inference.postprocess import (
     Cell,
     InferenceSettings,
     clean_mask,
     compose_labels,
-    label_dtype,
     postprocess_cells,
     score_threshold,
     suppress_duplicates,
     two_means_1d,
 )
+from cellsam.ops.masks import label_dtype
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -47,23 +43,6 @@ def test_overrides_and_errors():
         InferenceSettings.from_preset("fast")
     with pytest.raises(ValueError, match="mask_threshold"):
         InferenceSettings(mask_threshold=1.0)
-    # a checkpoint's block: preset first, then its values; unknown keys ignored
-    s = InferenceSettings.from_dict({"preset": "release", "iou_threshold": 0.7, "comment": "x"},
-                                    min_area=5)
-    assert (s.iou_threshold, s.mask_threshold, s.min_area, s.kmeans_adjust) == (0.7, 0.4, 5, True)
-    assert InferenceSettings.from_dict(None) == InferenceSettings()
-
-
-@pytest.mark.parametrize("preset", ["paper", "release"])
-def test_yaml_presets_equal_dataclass_presets(preset):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("predict", overrides=[f"inference={preset}", "ckpt=x", "input=x", "output=x"])
-    block = OmegaConf.to_container(cfg.inference)
-    assert set(block) == {f.name for f in fields(InferenceSettings)}, "yaml/dataclass keys differ"
-    from_yaml = InferenceSettings.from_dict(block)
-    assert from_yaml == InferenceSettings.from_preset(preset)
-    assert from_yaml.preset == preset
 
 
 def test_two_means_and_kmeans_threshold():

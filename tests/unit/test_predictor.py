@@ -8,34 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_checkpoints import write_checkpoint
 
 from cellsam.inference import CellSAMPredictor, EmptyImageWarning, InferenceSettings
-from cellsam.utils.checkpoint import build_model_from_meta, make_meta
 
 # A random tiny CellFinder scores every query near its prior (~0.01): a zero box threshold
 # and IoU threshold let its boxes through so that masks get decoded and composed.
 OPEN = {"box_threshold": 0.0, "iou_threshold": 0.0, "max_detections": 12, "min_area": 4}
-
-MODEL_CFG = {
-    "_target_": "cellsam.models.cellsam.build_cellsam",
-    "shared_trunk": True,
-    "sam": {"variant": "tiny", "checkpoint": None},
-    "finder": {"hidden_dim": 32, "ffn_dim": 64, "num_heads": 4, "num_encoder_layers": 1,
-               "num_decoder_layers": 2, "num_queries": 32},
-}
-
-
-def write_checkpoint(path: Path, inference: dict | None = None, stage: str = "sam",
-                     seed: int = 0) -> Path:
-    """A checkpoint file laid out as training writes it (Lightning dict + cellsam meta)."""
-    torch.manual_seed(seed)
-    run_config = {"model": MODEL_CFG, "inference": inference or {}}
-    meta = make_meta(stage, run_config, {}, inference)
-    model = build_model_from_meta(meta)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "cellsam": meta}, path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
@@ -76,14 +55,18 @@ def test_settings_from_checkpoint_and_overrides(ckpt):
     assert (p.settings.box_threshold, p.settings.mask_threshold) == (0.0, 0.4)
     p = CellSAMPredictor.from_checkpoint(ckpt, device="cpu", mask_threshold=0.6)
     assert (p.settings.mask_threshold, p.settings.iou_threshold) == (0.6, 0.0)
+    # an explicit preset changes the base; the checkpoint's own values still apply
     p = CellSAMPredictor.from_checkpoint(ckpt, device="cpu", preset="paper")
-    assert p.settings == InferenceSettings.from_preset("paper")
+    assert p.settings == InferenceSettings.from_preset(
+        "paper", box_threshold=0.0, iou_threshold=0.0, max_detections=12, min_area=4)
     assert not p.model.training
 
 
-def test_stage1_checkpoint_warns(tmp_path):
+def test_stage1_checkpoint_is_refused(tmp_path):
+    from cellsam.utils.checkpoint import CheckpointError
+
     path = write_checkpoint(tmp_path / "s1.ckpt", stage="finder")
-    with pytest.warns(UserWarning, match="stage-1"):
+    with pytest.raises(CheckpointError, match=r"s1\.ckpt: a stage-1 .*stage-2 checkpoint"):
         CellSAMPredictor.from_checkpoint(path, device="cpu")
 
 

@@ -2,7 +2,7 @@
 
 from cellsam.models.finder.anchor_detr import AnchorDetrTransformer
 from cellsam.models.finder.cellfinder import CellFinder, group_norm_groups
-from cellsam.models.finder.criterion import SetCriterion, sigmoid_focal_loss
+from cellsam.models.finder.criterion import SetCriterion
 from cellsam.models.finder.matcher import HungarianMatcher
 from cellsam.models.finder.rcda import MultiheadRCDA
 
@@ -13,5 +13,4 @@ __all__ = [
     "MultiheadRCDA",
     "SetCriterion",
     "group_norm_groups",
-    "sigmoid_focal_loss",
 ]

@@ -5,12 +5,10 @@ self-attention in the encoder; in the decoder standard self-attention among quer
 then RCDA cross-attention to the encoder memory, then an FFN. Queries are
 ``num_patterns x num_queries``: every learned anchor point (x, y) in [0, 1] is paired with
 every pattern embedding. In the original, anchors do not move between decoder layers, so
-their position embeddings are computed once per forward. Optionally (``forward(src,
-refine)``, off in the paper's model) each layer's predicted centres become the next layer's
-reference points, as in Deformable DETR's iterative box refinement. Also optional (off in the
-paper's model): a second group of ``num_queries_one_to_many`` anchors decoded in training only
-(H-DETR's hybrid branch); the two groups never attend to each other, so the first group's
-outputs are exactly what the model gives without the branch.
+their position embeddings are computed once per forward.
+
+One hook, off in the paper's model: ``spatial_prior`` adds a Gaussian bias around each
+anchor to the decoder's cross-attention logits (``spatial_prior.py``, after SMCA-DETR).
 
 Parameter names (``position``, ``pattern``, ``adapt_pos1d``, ``adapt_pos2d``,
 ``encoder_layers.i.self_attn.in_proj_weight``, ``decoder_layers.i.cross_attn``, ``norm1``,
@@ -19,8 +17,6 @@ Internally maps are channels-last ``[B, H, W, C]``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +74,8 @@ class MultiheadSelfAttention(nn.Module):
 
     Same parameters and init as ``nn.MultiheadAttention`` (Xavier over the stacked
     ``in_proj_weight [3C, C]``, zero biases), but batch-first and always on the fused
-    kernel: with 3500 queries an explicit weight matrix would be 3500^2 x heads floats per
-    image per layer, which the flash / memory-efficient kernels never build.
+    kernel: with thousands of queries an explicit weight matrix would be queries^2 x heads
+    floats per image per layer, which the flash / memory-efficient kernels never build.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
@@ -176,15 +172,13 @@ class DecoderLayer(nn.Module):
         """
         Args:
             tgt: ``[B, Q, C]`` query content.
-            query_pos: ``[Q, C]`` (or ``[B, Q, C]`` once refined) 2-D reference-point
-                embedding (self-attention).
-            query_pos_x: ``[Q, C]`` or ``[B, Q, C]`` x embedding (row attention).
-            query_pos_y: ``[Q, C]`` or ``[B, Q, C]`` y embedding (column attention).
+            query_pos: ``[Q, C]`` 2-D anchor embedding (self-attention).
+            query_pos_x: ``[Q, C]`` x embedding (row attention).
+            query_pos_y: ``[Q, C]`` y embedding (column attention).
             memory: ``[B, H, W, C]`` encoder output (values).
             key_row: ``[B, W, C]`` memory averaged over y, plus x-embedding.
             key_col: ``[B, H, C]`` memory averaged over x, plus y-embedding.
-            geometry: ``(ref [Q, 2] or [B, Q, 2], pos_x [W], pos_y [H])`` for the spatial
-                prior.
+            geometry: ``(ref [Q, 2], pos_x [W], pos_y [H])`` for the spatial prior.
 
         Returns:
             ``[B, Q, C]``.
@@ -240,11 +234,8 @@ class AnchorDetrTransformer(nn.Module):
         position_init_gain: float = 1.0,
         spatial_prior: bool = False,
         anchor_init: str = "uniform",
-        num_queries_one_to_many: int = 0,
     ) -> None:
         super().__init__()
-        if num_queries_one_to_many < 0:
-            raise ValueError(f"num_queries_one_to_many must be >= 0, got {num_queries_one_to_many}")
         if hidden_dim % 4:
             # 2-D anchor embedding = two 1-D sin/cos embeddings of hidden_dim / 2 each.
             raise ValueError(f"hidden_dim must be a multiple of 4, got {hidden_dim}")
@@ -261,10 +252,6 @@ class AnchorDetrTransformer(nn.Module):
             for _ in range(num_decoder_layers)
         )
         self.position = nn.Embedding(num_queries, 2)  # anchor points (x, y)
-        # Hybrid branch (training only): its own anchors, sharing every other weight.
-        self.position_one_to_many = (
-            nn.Embedding(num_queries_one_to_many, 2) if num_queries_one_to_many else None
-        )
         self.pattern = nn.Embedding(num_patterns, hidden_dim)
         self.adapt_pos1d = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim)
@@ -276,13 +263,11 @@ class AnchorDetrTransformer(nn.Module):
         # grid, which leaves no part of the image far from an anchor; other weights keep
         # the original's init (PyTorch defaults, Xavier inside the attention modules).
         init_anchor_points(self.position.weight, anchor_init)
-        if self.position_one_to_many is not None:
-            init_anchor_points(self.position_one_to_many.weight, anchor_init)
         # At init every query has the same content, so queries differ only through their
         # anchor's position embedding; with PyTorch's default init that term is small and
         # training sits on a plateau (all queries alike) before it grows. A gain > 1 on the
-        # adapters' last layer shortens that plateau (measured: ~140 -> ~60 steps on the
-        # tiny config); 1.0 keeps the original initialisation.
+        # adapters' last layer shortens that plateau (README, Quickstart); 1.0 keeps the
+        # original initialisation.
         with torch.no_grad():
             for adapter in (self.adapt_pos1d, self.adapt_pos2d):
                 adapter[-1].weight.mul_(position_init_gain)
@@ -291,19 +276,9 @@ class AnchorDetrTransformer(nn.Module):
     def num_total_queries(self) -> int:
         return self.num_queries * self.num_patterns
 
-    @property
-    def num_queries_one_to_many(self) -> int:
-        """Anchors of the hybrid branch (0 without one)."""
-        branch = self.position_one_to_many
-        return 0 if branch is None else branch.num_embeddings
-
-    def anchors(self, one_to_many: bool = False) -> Tensor:
-        """``[Q, 2]`` anchor point (x, y) of every query, Q = num_patterns * num_queries
-        (``one_to_many``: of the hybrid branch's queries, num_patterns * its anchors)."""
-        points = self.position_one_to_many if one_to_many else self.position
-        if points is None:
-            raise ValueError("one_to_many=True needs num_queries_one_to_many > 0")
-        return points.weight.repeat(self.num_patterns, 1)
+    def anchors(self) -> Tensor:
+        """``[Q, 2]`` anchor point (x, y) of every query, Q = num_patterns * num_queries."""
+        return self.position.weight.repeat(self.num_patterns, 1)
 
     def _embed1d(self, pos: Tensor) -> Tensor:
         """``[...]`` coordinates -> ``[..., C]`` adapted 1-D embedding in the weights' dtype."""
@@ -318,27 +293,15 @@ class AnchorDetrTransformer(nn.Module):
         query_pos_xy = self._embed1d(ref.movedim(-1, 0))  # [2, ..., Q, C]: x then y
         return query_pos, query_pos_xy[0], query_pos_xy[1]
 
-    def forward(
-        self,
-        src: Tensor,
-        refine: Callable[[Tensor, Tensor], Tensor] | None = None,
-        one_to_many: bool = False,
-    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """
         Args:
             src: ``[B, C, H, W]`` projected features (C = hidden_dim).
-            refine: optional ``(states [B, Q, C], ref [..., Q, 2]) -> centres [B, Q, 2]``
-                (the box head's centres); each layer's centres, detached, are the next
-                layer's reference points (position embeddings and spatial prior).
-            one_to_many: also decode the hybrid branch's anchors (needs
-                ``num_queries_one_to_many > 0``).
 
         Returns:
             ``(hs [L, B, Q, C], refs [L, B, Q, 2])``: the output of every decoder layer
             (L = num_decoder_layers, last one last) and the reference point (x, y) each
-            layer's queries used: the anchors for all layers when ``refine`` is None. With
-            ``one_to_many`` the branch's ``(hs [L, B, Q2, C], refs [L, B, Q2, 2])`` follow
-            (Q2 = num_patterns * num_queries_one_to_many).
+            layer's queries used (the anchors, the same for every layer).
         """
         b, c, h, w = src.shape
         memory = src.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]
@@ -351,35 +314,15 @@ class AnchorDetrTransformer(nn.Module):
             memory = layer(memory, posemb_row, posemb_col)
 
         # The memory is the same for every decoder layer, so its axis means are taken once.
-        keys = (memory.mean(dim=1) + posemb_row, memory.mean(dim=2) + posemb_col)
-        context = (memory, keys, pos_x, pos_y, refine)
-        out = self._decode(self.anchors(), *context)
-        if not one_to_many:
-            return out
-        return (*out, *self._decode(self.anchors(one_to_many=True), *context))
-
-    def _decode(
-        self,
-        ref: Tensor,
-        memory: Tensor,
-        keys: tuple[Tensor, Tensor],
-        pos_x: Tensor,
-        pos_y: Tensor,
-        refine: Callable[[Tensor, Tensor], Tensor] | None,
-    ) -> tuple[Tensor, Tensor]:
-        """Decoder layers for one query group (``anchors()``): ``ref [Q, 2]``, every anchor
-        once per pattern -> ``(hs [L, B, Q, C], refs [L, B, Q, 2])``."""
-        b = memory.shape[0]
-        embeddings = self.query_embeddings(ref)  # ref becomes [B, Q, 2] once refined
+        key_row, key_col = memory.mean(dim=1) + posemb_row, memory.mean(dim=2) + posemb_col
+        ref = self.anchors()  # [Q, 2]
+        embeddings = self.query_embeddings(ref)
         per_pattern = ref.shape[0] // self.num_patterns
         pattern = self.pattern.weight.repeat_interleave(per_pattern, dim=0)  # [Q, C]
         tgt = pattern.unsqueeze(0).expand(b, -1, -1)
-        states, refs = [], []
-        for i, layer in enumerate(self.decoder_layers):
-            tgt = layer(tgt, *embeddings, memory, *keys, (ref, pos_x, pos_y))
+        states = []
+        for layer in self.decoder_layers:
+            tgt = layer(tgt, *embeddings, memory, key_row, key_col, (ref, pos_x, pos_y))
             states.append(tgt)
-            refs.append(ref.expand(b, -1, -1))
-            if refine is not None and i + 1 < len(self.decoder_layers):
-                ref = refine(tgt, ref).detach()
-                embeddings = self.query_embeddings(ref)
-        return torch.stack(states), torch.stack(refs)
+        hs = torch.stack(states)
+        return hs, ref.expand(len(states), b, -1, -1)

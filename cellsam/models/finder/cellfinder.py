@@ -37,15 +37,6 @@ class CellFinder(nn.Module):
     anchor point: ``(cx, cy) = sigmoid(delta_xy + inverse_sigmoid(anchor))`` and
     ``(w, h) = sigmoid(delta_wh)``. The heads are shared by all decoder layers, so the
     auxiliary outputs supervise the same heads on intermediate states.
-
-    With ``box_refine`` (off in the paper's model) each decoder layer after the first takes
-    the previous layer's predicted centres as its reference points, and its boxes are
-    predicted relative to them (iterative box refinement, Deformable DETR).
-
-    With ``num_queries_one_to_many > 0`` (off in the paper's model) training also decodes
-    H-DETR's hybrid branch: extra anchors, trained with one-to-many matching, that share all
-    weights but their anchor points and never attend to the main queries. It is skipped in
-    eval mode, so inference costs and outputs are those of the model without it.
     """
 
     def __init__(
@@ -62,8 +53,6 @@ class CellFinder(nn.Module):
         position_init_gain: float = 1.0,
         spatial_prior: bool = False,
         anchor_init: str = "uniform",
-        box_refine: bool = False,
-        num_queries_one_to_many: int = 0,
         prior_prob: float = 0.01,
         aux_loss: bool = True,
     ) -> None:
@@ -71,7 +60,6 @@ class CellFinder(nn.Module):
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
         self.aux_loss = aux_loss
-        self.box_refine = box_refine
         self.input_proj = nn.Sequential(
             nn.Conv2d(in_channels, hidden_dim, kernel_size=1),
             nn.GroupNorm(group_norm_groups(hidden_dim), hidden_dim),
@@ -88,7 +76,6 @@ class CellFinder(nn.Module):
             position_init_gain=position_init_gain,
             spatial_prior=spatial_prior,
             anchor_init=anchor_init,
-            num_queries_one_to_many=num_queries_one_to_many,
         )
         self.class_embed = nn.Linear(hidden_dim, 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, num_layers=3)
@@ -122,10 +109,6 @@ class CellFinder(nn.Module):
         delta = delta.to(dtype)
         return torch.cat((delta[..., :2] + ref, delta[..., 2:]), dim=-1).sigmoid()
 
-    def _refined_centres(self, hs: Tensor, refs: Tensor) -> Tensor:
-        """One layer's box centres ``[B, Q, 2]``: the next layer's reference points."""
-        return self._boxes(hs, refs)[..., :2]
-
     def _heads(self, hs: Tensor, refs: Tensor) -> dict:
         """Layer states ``[L, B, Q, C]`` -> the last layer's outputs plus ``aux_outputs``."""
         if not self.aux_loss:
@@ -146,13 +129,6 @@ class CellFinder(nn.Module):
             with Q = num_queries * num_patterns; ``aux_outputs`` is an empty list when
             ``aux_loss`` is False (those layers' heads are then not evaluated). Boxes are
             float32 (or float64) even under bf16 autocast; logits keep the compute dtype.
-            In training with a hybrid branch, ``"one_to_many"`` holds the branch's outputs
-            in the same layout (``[B, Q2, 1]``, ``[B, Q2, 4]``, its own ``aux_outputs``).
         """
-        refine = self._refined_centres if self.box_refine else None
-        branch = self.training and self.transformer.num_queries_one_to_many > 0
-        decoded = self.transformer(self.input_proj(features), refine, one_to_many=branch)
-        out = self._heads(*decoded[:2])  # [L, B, Q, C], [L, B, Q, 2]
-        if branch:
-            out["one_to_many"] = self._heads(*decoded[2:])
-        return out
+        hs, refs = self.transformer(self.input_proj(features))  # [L, B, Q, C], [L, B, Q, 2]
+        return self._heads(hs, refs)

@@ -37,7 +37,7 @@ def rcda_combine(attn_row: Tensor, attn_col: Tensor, value: Tensor) -> Tensor:
     if max(height, width) <= d:
         # Small maps (the tiny model's 16 x 16 with 16-dim heads): the full [Q, H*W] weights
         # are no larger than the two-step path's [Q, min(H, W), d] intermediate, and one
-        # large matmul is far cheaper than B*h*Q tiny ones (3x faster backward on CPU).
+        # large matmul is far cheaper than B*h*Q tiny ones (README, Quickstart).
         weights = (attn_col.unsqueeze(-1) * attn_row.unsqueeze(-2)).reshape(b, h, q, -1)
         return torch.matmul(weights, value.reshape(b, h, height * width, d))
     if height < width:

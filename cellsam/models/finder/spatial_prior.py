@@ -2,8 +2,7 @@
 
 Anchor DETR queries find "their" part of the image only through learned position
 embeddings, which start out unrelated to the anchors; training first sits on a plateau
-where every query reads the same global average (measured on the tiny config: all query
-logits alike, std < 1e-4, for the first 60-140 steps even when fitting two images).
+where every query reads the same global average (README, Quickstart).
 SMCA-DETR (Gao et al., ICCV 2021) adds a Gaussian around each query's reference point to
 the cross-attention logits instead. With RCDA that prior factorises exactly into a term
 over x for the row softmax and one over y for the column softmax, so it costs two
@@ -42,8 +41,8 @@ class AnchorSpatialPrior(nn.Module):
     def forward(self, anchors: Tensor, pos_x: Tensor, pos_y: Tensor) -> tuple[Tensor, Tensor]:
         """
         Args:
-            anchors: ``[..., Q, 2]`` reference points (x, y) in [0, 1]: the anchors ``[Q, 2]``
-                or per-image refined points ``[B, Q, 2]``.
+            anchors: ``[..., Q, 2]`` reference points (x, y) in [0, 1] (the anchors
+                ``[Q, 2]``).
             pos_x: ``[W]`` normalised x of the map's columns.
             pos_y: ``[H]`` normalised y of the map's rows.
 
