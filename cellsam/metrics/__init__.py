@@ -12,6 +12,12 @@ Three object-level scores (REFERENCE section 5), each with its own module:
 Pure numpy / scipy / pycocotools: nothing here imports torch.
 """
 
+from .cellpose_ap import (
+    CellposeAP,
+    aggregated_jaccard_index,
+    cellpose_ap,
+    match_count_then_iou,
+)
 from .coco import (
     ImageDetections,
     coco_gt_from_labels,
@@ -36,15 +42,28 @@ from .matching import (
     iou_matrix,
     match_pairs,
 )
+from .panoptic import PanopticQuality, panoptic_quality
+from .segmentation_accuracy import (
+    MSA_THRESHOLDS,
+    SegmentationAccuracy,
+    mean_segmentation_accuracy,
+    segmentation_accuracy,
+)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "MSA_THRESHOLDS",
+    "CellposeAP",
     "DeepCellCounts",
     "F1Accumulator",
     "ImageDetections",
     "MatchCounts",
     "Overlaps",
+    "PanopticQuality",
+    "SegmentationAccuracy",
+    "aggregated_jaccard_index",
     "assign_one_to_one",
+    "cellpose_ap",
     "coco_gt_from_labels",
     "compute_overlaps",
     "deepcell_counts",
@@ -56,6 +75,10 @@ __all__ = [
     "f1_score",
     "iou_matrix",
     "label_to_rles",
+    "match_count_then_iou",
     "match_counts",
     "match_pairs",
+    "mean_segmentation_accuracy",
+    "panoptic_quality",
+    "segmentation_accuracy",
 ]
