@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+from cellsam.data.io import ImageReadError
 from cellsam.preprocess.channels import ChannelMap, parse_channel_map
 from data_prep.common import DatasetInfo, DatasetLayoutError, SourceSample, open_source
 from data_prep.pipeline import PrepSettings, convert
@@ -81,7 +82,7 @@ def run_converter(
                 converter=converter, workers=args.workers, progress=not args.quiet,
                 extra_settings=extra_settings(args) if extra_settings else None,
             )
-    except DatasetLayoutError as err:
-        print(f"DatasetLayoutError: {err}", file=sys.stderr)
+    except (DatasetLayoutError, ImageReadError) as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
         return 2
     return 0

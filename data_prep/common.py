@@ -16,16 +16,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
-import tifffile
 from skimage.measure import label as connected_label
 
+from cellsam.data.io import (  # noqa: F401 (the converters import the readers from here)
+    IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
+    TIFF_SUFFIXES,
+    ImageReadError,
+    read_image,
+    read_label,
+)
 from cellsam.preprocess.channels import ChannelMap
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-TIFF_SUFFIXES = (".tif", ".tiff")
-IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg", ".bmp")
 
 
 class DatasetLayoutError(ValueError):
@@ -126,53 +130,6 @@ def open_source(src: Path, work_dir: Path | None = None, nested: bool = False) -
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _squeeze_leading(arr: np.ndarray) -> np.ndarray:
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    return arr
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read a TIFF (tifffile) or PNG/JPEG (imageio) image; drops a PNG alpha channel.
-
-    Returns `[H, W]`, `[H, W, C]`, `[C, H, W]` or a stack, as stored (leading singleton
-    axes removed).
-    """
-    path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        arr = tifffile.imread(path)
-    else:
-        arr = iio.imread(path)
-        if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # grey+alpha or RGBA
-            arr = arr[..., :-1]
-    return _squeeze_leading(np.asarray(arr))
-
-
-def read_label(path: Path) -> np.ndarray:
-    """Read an instance label image `[H, W]` (or stack `[T, H, W]`) as int64.
-
-    Accepts TIFF, PNG and `.npy`; a float image with integer values is cast; negative or
-    fractional values raise `DatasetLayoutError`.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    elif path.suffix.lower() in TIFF_SUFFIXES:
-        arr = tifffile.imread(path)
-    else:
-        arr = iio.imread(path)
-    arr = _squeeze_leading(np.asarray(arr))
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
-            raise DatasetLayoutError(f"{path}: label image has non-integer values")
-    elif arr.dtype.kind not in "biu":
-        raise DatasetLayoutError(f"{path}: label dtype {arr.dtype} is not numeric")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise DatasetLayoutError(f"{path}: label image has negative values")
-    return arr
-
-
 def ensure_instances(label: np.ndarray) -> np.ndarray:
     """Instance labels from `label` `[H, W]`: a binary mask becomes its connected components.
 
@@ -244,7 +201,6 @@ def stack_frames(image: np.ndarray, label: np.ndarray) -> list[tuple[np.ndarray,
     raise DatasetLayoutError(f"label stack {label.shape} does not match image {image.shape}")
 
 
-LABEL_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 
 
 def match_pairs(

@@ -27,10 +27,13 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from data_prep.cli import run_converter
 from data_prep.common import (
     DatasetInfo,
     DatasetLayoutError,
+    ImageReadError,
     SourceSample,
     ensure_instances,
     layout_error,
@@ -65,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default="user data", help="source address for the manifest")
     p.add_argument("--licence", default="as set by the data's owner",
                    help="licence for the manifest")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out image/label pairs that cannot be read or do not fit, and "
+                        "list them in the manifest (default: report them all and stop)")
 
 
 def group_of(stem: str, pattern: re.Pattern | None) -> str:
@@ -96,12 +102,32 @@ def find_pairs(root: Path, args: argparse.Namespace) -> list[tuple[str | None, s
     return out
 
 
+def read_pair(img_path: Path, lab_path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pair's frames; `DatasetLayoutError` naming both files when it is unusable."""
+    try:
+        image, label = read_image(img_path), read_label(lab_path)
+        if label.ndim == 2 and label.shape not in (image.shape[:2], image.shape[-2:]):
+            raise DatasetLayoutError(f"label shape {label.shape} does not match image shape "
+                                     f"{image.shape}")
+        return stack_frames(image, label)
+    except (ImageReadError, DatasetLayoutError) as err:
+        raise DatasetLayoutError(f"{img_path} + {lab_path}: {err}") from err
+
+
 def iter_samples(root: Path, args: argparse.Namespace, with_labels: bool) -> Iterator[SourceSample]:
+    """Every pair's frames. A bad pair is collected, not raised at once: the run stops after
+    the last pair with one error listing them all, or with `--skip-bad` leaves them out and
+    lists them in the manifest (`skipped`)."""
     pattern = re.compile(args.group_regex) if args.group_regex else None
+    skipped: list[dict[str, str]] = getattr(args, "skipped", [])
+    skipped.clear()
     for split, key, img_path, lab_path in find_pairs(root, args):
-        image = read_image(img_path)
-        label = read_label(lab_path)
-        frames = stack_frames(image, label)
+        try:
+            frames = read_pair(img_path, lab_path)
+        except DatasetLayoutError as err:
+            skipped.append({"image": str(img_path), "label": str(lab_path),
+                            "reason": str(err).split(": ", 1)[-1]})
+            continue
         name = key if split is None else f"{split}/{key}"
         group = group_of(key, pattern)
         for t, (img, lab) in enumerate(frames):
@@ -114,6 +140,10 @@ def iter_samples(root: Path, args: argparse.Namespace, with_labels: bool) -> Ite
                 image=img,
                 label=lab if with_labels else None,
             )
+    if skipped and not args.skip_bad:
+        listed = "\n  ".join(f"{s['image']} + {s['label']}: {s['reason']}" for s in skipped)
+        raise DatasetLayoutError(f"{len(skipped)} bad image/label pair(s) (pass --skip-bad to "
+                                 f"leave them out):\n  {listed}")
 
 
 def info_for(args: argparse.Namespace) -> DatasetInfo:
@@ -121,11 +151,18 @@ def info_for(args: argparse.Namespace) -> DatasetInfo:
     return DatasetInfo(name=name, source=args.source, licence=args.licence, layout=INFO.layout)
 
 
+def _manifest_settings(args: argparse.Namespace) -> dict:
+    # `skipped` is filled while the pairs are read, before the manifest is written.
+    args.skipped = []
+    return {"group_regex": args.group_regex, "semantic": args.semantic,
+            "skipped": args.skipped}
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_converter(
         INFO, iter_samples, argv, converter="data_prep.pairs", doc=__doc__,
         add_arguments=add_arguments, info_from_args=info_for,
-        extra_settings=lambda a: {"group_regex": a.group_regex, "semantic": a.semantic},
+        extra_settings=_manifest_settings,
     )
 
 

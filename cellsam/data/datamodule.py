@@ -29,6 +29,9 @@ except ImportError:  # pragma: no cover - torchdata missing: resumes restart the
 log = logging.getLogger(__name__)
 
 
+DATASET_KEYS = frozenset({"path", "weight", "generate"})
+
+
 class CellSplitDataset(Dataset):
     """Items of one split: `image` `[3, S, S]`, `label` `[H, W]` int64, targets, name, index."""
 
@@ -102,6 +105,13 @@ class CellDataModule(L.LightningDataModule):
         super().__init__()
         if not datasets:
             raise ValueError("data.datasets is empty: choose data=<name> or list datasets")
+        for name, entry in datasets.items():
+            keys = set(entry) if isinstance(entry, Mapping) else None
+            if keys is None or "path" not in keys or keys - DATASET_KEYS:
+                raise ValueError(
+                    f"data.datasets.{name}: expected the keys {sorted(DATASET_KEYS)} with "
+                    f"`path` required, got {sorted(keys) if keys is not None else entry!r} "
+                    f"(e.g. +data.datasets.{name}.path=/path/to/dataset)")
         self.datasets = {k: dict(v) for k, v in datasets.items()}
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
@@ -152,6 +162,14 @@ class CellDataModule(L.LightningDataModule):
         if stage in (None, "fit"):
             self.splits["train"] = self._open("train", train=True)
             self.splits["val"] = self._open("val", train=False)
+            if not self.splits["val"]:
+                have = "; ".join(
+                    f"{n} has {sorted(read_manifest(Path(e['path'])).get('splits', {}))}"
+                    for n, e in self.datasets.items())
+                raise ValueError(
+                    f"no dataset has a val split ({have}): training monitors a validation "
+                    "metric to choose its checkpoint, so add a val split (the converters "
+                    "make one from 2 images up) or a dataset that has one")
         if stage in (None, "validate"):
             self.splits["val"] = self._open("val", train=False)
         if stage in (None, "test", "predict"):

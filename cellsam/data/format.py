@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsam.metrics.coco import label_to_rles
+from cellsam.utils.atomic import atomic_write_text
 
 FORMAT_VERSION = 1
 TILE_SIZE = 512
@@ -68,7 +69,8 @@ class _NpyStreamWriter:
     """Appends equally shaped arrays to a `.npy` file without knowing their count up front.
 
     The header is written with room to spare and rewritten with the final count on close,
-    so the data are written once (no temporary copy).
+    so the data are written once. They go to a hidden sibling file renamed to `path` on
+    close, so a write that fails (or `abort`) leaves what was at `path` before.
     """
 
     _HEADER_BYTES = 256  # multiple of 64 as the npy format wants; fits any 4-D shape
@@ -76,7 +78,8 @@ class _NpyStreamWriter:
     def __init__(self, path: Path, item_shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.path, self.item_shape, self.dtype = path, tuple(item_shape), np.dtype(dtype)
         self.count = 0
-        self._file = open(path, "wb")
+        self._tmp = path.with_name(f".{path.name}.partial")
+        self._file = open(self._tmp, "wb")
         self._file.write(b"\0" * self._HEADER_BYTES)
 
     def append(self, item: np.ndarray) -> None:
@@ -98,6 +101,11 @@ class _NpyStreamWriter:
         self._file.seek(0)
         self._file.write(head)
         self._file.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -164,7 +172,7 @@ class SplitWriter:
             "categories": [{"id": 1, "name": "cell"}],
         }
         coco_path = self.dir / COCO_FILE
-        coco_path.write_text(json.dumps(coco, separators=(",", ":")))
+        atomic_write_text(coco_path, json.dumps(coco, separators=(",", ":")))
         return {
             "n_images": self._images.count,
             "n_objects": self.n_objects,
@@ -182,11 +190,9 @@ class SplitWriter:
     def __exit__(self, *exc) -> None:
         if exc[0] is None:
             self.summary = self.close()
-        else:  # leave no half-written arrays that would later look valid
-            self._images._file.close()
-            self._labels._file.close()
-            for name in (IMAGES_FILE, LABELS_FILE):
-                (self.dir / name).unlink(missing_ok=True)
+        else:  # no half-written arrays; what was there before stays
+            self._images.abort()
+            self._labels.abort()
 
 
 def write_manifest(

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from cellsam.utils.atomic import atomic_path, atomic_write_text
+
 from .coco import ImageDetections, detections_from_label, evaluate_coco, label_to_rles
 from .deepcell import DeepCellCounts, deepcell_counts
 from .f1 import MatchCounts, match_counts
@@ -361,6 +363,9 @@ def results_title(meta: dict[str, Any] | None) -> str | None:
     changes = meta.get("inference_changes")
     if changes:
         title += " (changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()) + ")"
+    missing = meta.get("missing_split")
+    if missing:
+        title += f"; no {meta.get('split')} split, not scored: " + ", ".join(missing)
     return title
 
 
@@ -387,13 +392,15 @@ def write_results(
                  "metrics": METRIC_DEFINITIONS}
     paths = {s: out / f"results.{s}" for s in ("json", "csv", "md", "png")}
     payload = {**{k: dict(v) for k, v in results.items()}, "meta": full_meta}
-    paths["json"].write_text(json.dumps(_clean(payload), indent=2) + "\n")
+    # Each file under a temporary name, renamed when complete (never a half-written table).
+    atomic_write_text(paths["json"], json.dumps(_clean(payload), indent=2) + "\n")
     fields = ["dataset", *SCHEMA_KEYS, *EXTRA_KEYS, "paper_dataset", "paper_variant",
               "paper_cellsam_f1_50_mean", "paper_cellpose_f1_50_mean"]
-    with open(paths["csv"], "w", newline="") as fh:
+    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([_clean(r) for r in rows])
-    paths["md"].write_text(markdown_table(results, variant, compare, results_title(meta)))
-    _bar_chart(paths["png"], rows, variant, compare)
+    atomic_write_text(paths["md"], markdown_table(results, variant, compare, results_title(meta)))
+    with atomic_path(paths["png"]) as tmp:
+        _bar_chart(tmp, rows, variant, compare)
     return paths

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from cellsam.utils.atomic import atomic_path, atomic_write_text
+
 RESULTS = "results.json"
 RUN_INFO = "run_info.json"
 RESOLVED = "config_resolved.yaml"
@@ -183,13 +185,13 @@ def collect(roots: list[Path], metric: str, mode: str = "max", out: Path | None 
     out = Path(out) if out else root / "summary"
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out.with_suffix(".csv"), out.with_suffix(".md")
-    with csv_path.open("w", newline="") as f:
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows([["" if v is None else v for v in row] for row in cells])
     order = "highest" if mode == "max" else "lowest"
     title = f"Runs under `{root}`, sorted by `{metric}` ({order} first)\n\n"
-    md_path.write_text(title + markdown(header, cells, md_columns))
+    atomic_write_text(md_path, title + markdown(header, cells, md_columns))
     return csv_path, md_path, len(rows)
 
 

@@ -28,10 +28,9 @@ from tqdm import tqdm
 
 from cellsam.callbacks.segmentation_metrics import batch_records
 from cellsam.data.datamodule import collate
-from cellsam.inference.postprocess import InferenceSettings
+from cellsam.data.format import read_manifest
 from cellsam.inference.predictor import CellSAMPredictor, resolve_device
 from cellsam.metrics.report import markdown_table, results_title, summarize, write_results
-from cellsam.utils.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +45,19 @@ def paper_variant(meta: dict[str, Any], requested: str = "auto") -> str:
     return "specialist" if len(datasets) == 1 else "generalist"
 
 
+def dataset_splits(path: str | Path) -> list[str]:
+    """The splits a dataset folder's manifest lists."""
+    return sorted(read_manifest(Path(path)).get("splits", {}))
+
+
 def load_predictor(ckpt_path: str | Path, inference: dict[str, Any] | None,
                    device: str = "auto", bf16: bool = False
                    ) -> tuple[CellSAMPredictor, dict[str, Any]]:
-    """Predictor with the config's inference settings (a `preset` key picks the base), and
-    the checkpoint's metadata."""
-    overrides = dict(inference or {})
-    preset = str(overrides.pop("preset", "paper"))
-    settings = InferenceSettings.from_preset(preset, **overrides)
-    model, meta = load_model(ckpt_path)
-    if meta.get("stage") == "finder":
-        log.warning("%s is a stage-1 checkpoint: SAM's neck is untrained, masks will be poor",
-                    ckpt_path)
-    dev = resolve_device(device)
-    return CellSAMPredictor(model, settings, device=dev, bf16=bf16), meta
+    """Predictor with `resolve_settings` of the checkpoint's and the config's inference
+    blocks, and the checkpoint's metadata."""
+    predictor = CellSAMPredictor.from_checkpoint(ckpt_path, device=resolve_device(device),
+                                                 bf16=bf16, config=inference)
+    return predictor, predictor.checkpoint_meta
 
 
 def run_evaluation(
@@ -75,6 +73,7 @@ def run_evaluation(
     variant: str = "auto",
     max_images: int | None = None,
     bf16: bool = False,
+    skip_missing_split: bool = False,
 ) -> dict[str, Any]:
     """Predict every image of `split` of the configured datasets and write `results.*`.
 
@@ -82,6 +81,8 @@ def run_evaluation(
         data_cfg: a `conf/data/*` block (`CellDataModule` config).
         inference: an `inference` config block as a dict.
         max_images: at most this many images per dataset (None: all), for quick checks.
+        skip_missing_split: score the datasets that have `split` and list the others in
+            the results as not scored (default: refuse, naming each and its splits).
 
     Returns:
         `{dataset: {metric: value}, ..., "all": {...}, "meta": {...}}` as in results.json.
@@ -92,8 +93,17 @@ def run_evaluation(
                      _convert_="all")
     dm.prepare_data()  # synthetic data is generated on first use
     datasets = dm.split_datasets(split)
-    if not datasets:
-        raise ValueError(f"no dataset among {dm.names} has a {split!r} split")
+    missing = {name: dataset_splits(entry["path"]) for name, entry in dm.datasets.items()
+               if name not in datasets}
+    if missing and (not datasets or not skip_missing_split):
+        listed = "; ".join(f"{name} ({dm.datasets[name]['path']}) has {splits or 'none'}"
+                           for name, splits in missing.items())
+        raise ValueError(f"split={split!r} is missing from {len(missing)} of {len(dm.names)} "
+                         f"dataset(s): {listed}. Choose another split"
+                         + ("" if not datasets else ", or skip_missing_split=true to score "
+                            "the others and list these as not scored"))
+    if missing:
+        log.warning("not scored (no %s split): %s", split, ", ".join(missing))
     n_total = sum(min(len(d), max_images or len(d)) for d in datasets.values())
     log.info("evaluating %s on %s (%d images, split=%s) on %s", ckpt_path,
              ", ".join(datasets), n_total, split, predictor.device)
@@ -122,6 +132,7 @@ def run_evaluation(
         "inference_changes": predictor.settings.changed_from_preset(),
         "inference": predictor.settings.to_dict(), "device": str(predictor.device),
         "max_images": max_images, "seconds": round(time.perf_counter() - start, 2),
+        "missing_split": list(missing),
     }
     paths = write_results(output_dir, results, run_meta, chosen, compare_with_paper)
     table = markdown_table(results, chosen, compare_with_paper, results_title(run_meta))
@@ -150,6 +161,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         compare_with_paper=bool(cfg.get("compare_with_paper", True)),
         variant=str(cfg.get("paper_variant", "auto")), max_images=cfg.get("max_images"),
         bf16=bool(cfg.get("bf16", False)),
+        skip_missing_split=bool(cfg.get("skip_missing_split", False)),
     )
     finish_run_info(output_dir, {"results": str(output_dir / "results.json")})
     return results

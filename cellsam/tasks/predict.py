@@ -7,9 +7,13 @@ for each image `<name>.<ext>`: `<name>.tif` (label image, uint16 or uint32), `<n
 read or segmented is logged by name and skipped; the number of such files is returned
 (the entry point exits non-zero when it is not 0).
 
-Settings: on the command line the config's `inference` block decides (preset `paper` by
-default, `inference=release`, any `inference.<key>=...`); from Python,
-`CellSAMPredictor.from_checkpoint` uses the settings saved in the checkpoint instead.
+Output names are the inputs' stems; a run whose inputs share a stem, or whose outputs would
+overwrite one of its inputs, is refused before anything is written. Each file is written
+under a temporary name and renamed when complete.
+
+Settings: `resolve_settings` (cellsam/inference/settings.py): the preset, then the
+checkpoint's inference block, then the config's `inference` block (`inference=release`,
+`inference.<key>=...`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +29,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from cellsam.data.io import IMAGE_SUFFIXES, read_image
 from cellsam.inference.predictor import CellSAMPredictor, Prediction
+from cellsam.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-
 
 def collect_inputs(spec: str) -> list[Path]:
     """Image files named by a file, a folder (its images, sorted) or a glob pattern.
@@ -48,20 +52,6 @@ def collect_inputs(spec: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"input={spec!r}: no image files found (file, folder or glob)")
     return files
-
-
-def read_image(path: Path) -> np.ndarray:
-    """TIFF via tifffile, PNG/JPEG via imageio; raises on anything unreadable."""
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(path))
-    if suffix in (".png", ".jpg", ".jpeg"):
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(path))
-    raise ValueError(f"unsupported file type {path.suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
 
 
 def cell_table(result: Prediction) -> list[dict[str, Any]]:
@@ -101,58 +91,102 @@ def overlay_image(prepared: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def output_paths(out_dir: Path, name: str, overlay: bool) -> list[Path]:
+    """What one input writes: `<name>.tif`, `<name>.csv` (and `<name>_overlay.png`)."""
+    paths = [out_dir / f"{name}.tif", out_dir / f"{name}.csv"]
+    return [*paths, out_dir / f"{name}_overlay.png"] if overlay else paths
+
+
+def plan_outputs(files: list[Path], out_dir: Path, overlay: bool) -> dict[Path, str]:
+    """Each input's output name (its stem), checked before anything is written: two inputs
+    with one stem (`a.png`, `a.tif`) would overwrite each other's results, and an output
+    that is one of the run's inputs would destroy it. Raises `ValueError` naming them."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    clashes = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if clashes:
+        listed = "; ".join(", ".join(str(p) for p in paths) for paths in clashes.values())
+        raise ValueError(f"inputs with the same name would overwrite each other's results: "
+                         f"{listed}; rename them or predict them into separate folders")
+    inputs = {p.resolve() for p in files}
+    hit = [str(out) for path in files for out in output_paths(out_dir, path.stem, overlay)
+           if out.resolve() in inputs]
+    if hit:
+        raise ValueError(f"output={out_dir}: the results would overwrite input files "
+                         f"({', '.join(hit)}); choose another output folder")
+    return {path: path.stem for path in files}
+
+
 def write_outputs(out_dir: Path, name: str, result: Prediction, prepared: np.ndarray | None
                   ) -> None:
+    """Write one input's results, each file under a temporary name renamed when complete,
+    so an interrupted run never leaves a truncated file under a final name."""
     import tifffile
 
-    tifffile.imwrite(out_dir / f"{name}.tif", result.labels, compression="zlib")
-    with open(out_dir / f"{name}.csv", "w", newline="") as fh:
+    tif, table, *overlay = output_paths(out_dir, name, prepared is not None)
+    with atomic_path(tif) as tmp:
+        tifffile.imwrite(tmp, result.labels, compression="zlib")
+    with atomic_path(table) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(cell_table(result))
-    if prepared is not None:
+    if overlay:
         import imageio.v3 as iio
 
-        iio.imwrite(out_dir / f"{name}_overlay.png", overlay_image(prepared, result.labels))
+        with atomic_path(overlay[0]) as tmp:
+            iio.imwrite(tmp, overlay_image(prepared, result.labels))
+
+
+def predict_file(predictor: CellSAMPredictor, path: Path, out_dir: Path, name: str,
+                 channels: Any, channel_axis: int | None, overlay: bool) -> int:
+    """Segment one file and write its results; returns the cell count. Warnings (a blank
+    image) are logged with the file's name, once per file."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = read_image(path)
+        prepared = predictor.prepare(image, channels, channel_axis)
+        result = predictor.predict_prepared(prepared)
+    for w in caught:
+        log.warning("%s: %s", path, w.message)
+    write_outputs(out_dir, name, result, prepared if overlay else None)
+    return result.num_cells
 
 
 def predict(cfg: DictConfig) -> int:
-    """Segment every input image; returns the number of files that failed."""
+    """Segment every input image; returns the number of files that failed.
+
+    Every check that concerns the whole run (output names, the checkpoint) happens before
+    anything is written; then any error on one input is logged with its name and the run
+    goes on to the next.
+    """
     files = collect_inputs(str(cfg.input))
     out_dir = Path(cfg.output).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
-    preset = overrides.pop("preset", None)
+    overlay = bool(cfg.get("overlay"))
+    names = plan_outputs(files, out_dir, overlay)
+    block = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
     predictor = CellSAMPredictor.from_checkpoint(
-        cfg.ckpt, device=cfg.get("device", "auto"), preset=preset,
-        bf16=bool(cfg.get("bf16", False)), **overrides)
+        cfg.ckpt, device=cfg.get("device", "auto"), bf16=bool(cfg.get("bf16", False)),
+        config=block)
     channels = cfg.get("channels")
     channels = OmegaConf.to_container(channels) if isinstance(channels, DictConfig) else channels
+    channel_axis = cfg.get("channel_axis")
+    out_dir.mkdir(parents=True, exist_ok=True)
     log.info("predicting %d image(s) with %s on %s -> %s", len(files), cfg.ckpt,
              predictor.device, out_dir)
     failed: list[str] = []
     bar = tqdm(files, desc="predict", unit="image")
     for path in bar:
-        name = path.stem
-        if (out_dir / f"{name}.tif").resolve() == path.resolve():
-            log.error("%s: output would overwrite the input; choose another output folder", path)
-            failed.append(str(path))
-            continue
         try:
-            image = read_image(path)
-        except Exception as err:  # corrupt files raise many types; report and go on
-            log.error("%s: cannot read the image (%s); skipped", path, err)
+            cells = predict_file(predictor, path, out_dir, names[path], channels, channel_axis,
+                                 overlay)
+        except Exception as err:  # one bad input never stops the others; its name is logged
+            log.error("%s: %s: %s; skipped", path, type(err).__name__, err)
             failed.append(str(path))
             continue
-        try:
-            prepared = predictor.prepare(image, channels)
-            result = predictor.predict_prepared(prepared)
-            write_outputs(out_dir, name, result, prepared if cfg.get("overlay") else None)
-        except ValueError as err:  # bad shape, NaN, bad channel map: the message says which
-            log.error("%s: %s; skipped", path, err)
-            failed.append(str(path))
-            continue
-        bar.set_postfix(cells=result.num_cells)
+        bar.set_postfix(cells=cells)
+    done = len(files) - len(failed)
     if failed:
         log.error("%d of %d file(s) failed: %s", len(failed), len(files), ", ".join(failed))
+    log.info("predicted %d of %d file(s) into %s", done, len(files), out_dir)
     return len(failed)

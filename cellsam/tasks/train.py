@@ -10,7 +10,12 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cellsam.utils.checkpoint import build_model_from_meta, model_state, read_checkpoint
+from cellsam.utils.checkpoint import (
+    AtomicCheckpointIO,
+    build_model_from_meta,
+    model_state,
+    read_checkpoint,
+)
 from cellsam.utils.cluster import prepare_distributed_env
 from cellsam.utils.run_info import finish_run_info, write_run_info
 
@@ -70,7 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg.stage.module, model, run_config)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     plugins=[AtomicCheckpointIO()])
     if trainer.is_global_zero:
         datamodule.prepare_data()  # generate synthetic data first so run_info has its checksums
         write_run_info(output_dir, cfg, datamodule)

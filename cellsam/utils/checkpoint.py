@@ -7,12 +7,15 @@ inference settings, so stage 2, evaluation and prediction need no extra argument
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cellsam.models.cellsam import CellSAM, build_cellsam
+from cellsam.utils.atomic import atomic_path
 
 META_KEY = "cellsam"
 FORMAT_VERSION = 1
@@ -27,9 +30,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        # Lightning checkpoints hold optimiser state and plain metadata; the file is the
-        # user's own training output, so full unpickling is acceptable here.
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain containers only. Checkpoints travel between labs,
+        # and a full unpickle would run whatever code a crafted file names. Everything a
+        # cellsam checkpoint holds (weights, optimiser and loop state, the config as plain
+        # containers) loads this way.
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused, the file holds objects other than tensors and plain "
+            f"containers, which could run code when loaded ({str(err).splitlines()[0]}); "
+            "cellsam checkpoints never do: was it written by another program?") from err
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or META_KEY not in ckpt or "state_dict" not in ckpt:
@@ -92,3 +102,17 @@ def make_meta(
         "best": best or {},
         "inference": inference or {},
     }
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but each file is written under a temporary name and
+    renamed when complete: a run killed during a save keeps the previous checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)

@@ -77,3 +77,29 @@ def test_eval_cli_writes_all_files(two_stage, tmp_path):
     assert results["meta"]["stage"] == "sam" and results["meta"]["device"] == "cpu"
     assert "| synthetic | 5 |" in proc.stdout  # the Markdown table is printed
     assert "eval test" in proc.stderr  # tqdm progress over images
+
+
+def test_a_dataset_without_the_split_is_refused_or_listed(two_stage, tmp_path):
+    """Two datasets, one without `test`: refused by default (naming it and its splits);
+    with skip_missing_split the other is scored and the missing one is listed."""
+    from omegaconf import OmegaConf
+
+    from cellsam.data.synthetic import generate_dataset
+    from cellsam.tasks.evaluate import run_evaluation
+
+    no_test = tmp_path / "no_test"
+    generate_dataset(no_test, {"train": 2, "val": 1}, cells=(4, 8), seed=4, progress=False)
+    data_cfg = OmegaConf.create({
+        "_target_": "cellsam.data.datamodule.CellDataModule", "num_workers": 0,
+        "datasets": {"synthetic": {"path": str(two_stage["data"])},
+                     "no_test": {"path": str(no_test)}}})
+    ckpt = two_stage["stage2"]["best_path"]
+    with pytest.raises(ValueError, match=r"missing from 1 of 2 .*no_test .* has \['train', "
+                                         r"'val'\].*skip_missing_split=true"):
+        run_evaluation(ckpt, data_cfg, {}, tmp_path / "refused", device="cpu", coco=False)
+    assert not (tmp_path / "refused").exists()
+    out = run_evaluation(ckpt, data_cfg, {}, tmp_path / "skipped", device="cpu", coco=False,
+                         skip_missing_split=True)
+    assert out["meta"]["missing_split"] == ["no_test"] and "no_test" not in out
+    assert out["all"]["n_images"] == 5
+    assert "not scored: no_test" in (tmp_path / "skipped" / "results.md").read_text()

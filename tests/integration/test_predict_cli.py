@@ -12,6 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+from fake_checkpoints import write_checkpoint
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -20,24 +21,6 @@ from cellsam.tasks.predict import collect_inputs, predict
 ROOT = Path(__file__).resolve().parents[2]
 OPEN = ["inference.box_threshold=0.0", "inference.iou_threshold=0.0",
         "inference.max_detections=8", "inference.min_area=4"]
-
-
-def write_checkpoint(path: Path) -> Path:
-    """A tiny random stage-2 checkpoint laid out as training writes it."""
-    import torch
-
-    from cellsam.utils.checkpoint import build_model_from_meta, make_meta
-
-    model_cfg = {"_target_": "cellsam.models.cellsam.build_cellsam", "shared_trunk": True,
-                 "sam": {"variant": "tiny", "checkpoint": None},
-                 "finder": {"hidden_dim": 32, "ffn_dim": 64, "num_heads": 4,
-                            "num_encoder_layers": 1, "num_decoder_layers": 2, "num_queries": 32}}
-    torch.manual_seed(0)
-    meta = make_meta("sam", {"model": model_cfg}, {}, {})
-    model = build_model_from_meta(meta)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "cellsam": meta}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +92,70 @@ def test_command_line_exit_code(inputs, tmp_path):
     assert "broken.tif" in proc.stderr + proc.stdout
     assert "predict" in proc.stderr  # the tqdm progress bar
     assert (out / "a.tif").is_file() and (out / "b.tif").is_file()
+
+
+def test_inputs_and_results_are_never_overwritten(inputs, tmp_path):
+    """Outputs into the input folder that would replace an input, and two inputs with one
+    stem: refused before anything is written, naming the files."""
+    _, ckpt = inputs
+    folder = tmp_path / "same"
+    folder.mkdir()
+    raw = np.full((40, 40), 7, np.uint16)
+    tifffile.imwrite(folder / "same.tif", raw)
+    iio.imwrite(folder / "same.png", np.zeros((40, 40), np.uint8))
+    iio.imwrite(folder / "other.png", np.zeros((40, 40), np.uint8))
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(ValueError, match=r"same name .*same\.png.*same\.tif"):
+        run_predict([f"ckpt={ckpt}", f"input={folder}", f"output={folder}", "device=cpu"])
+    (folder / "same.png").unlink()
+    with pytest.raises(ValueError, match=r"overwrite input files .*same\.tif"):
+        run_predict([f"ckpt={ckpt}", f"input={folder}", f"output={folder}", "device=cpu"])
+    assert np.array_equal(tifffile.imread(folder / "same.tif"), raw)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(set(before) - {"same.png"})
+
+
+def test_interrupted_and_failed_writes(inputs, tmp_path, monkeypatch, caplog):
+    """A write that fails midway leaves no file under the final name (an earlier result
+    stays as it was), and a failing input does not stop the others."""
+    import cellsam.tasks.predict as predict_task
+
+    folder, ckpt = inputs
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.tif", "b.png"):
+        (src / name).write_bytes((folder / name).read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_overlay.png").write_bytes(b"previous result")
+    real = predict_task.overlay_image
+
+    def failing_overlay(prepared, labels):
+        if prepared.shape[-2:] == (200, 240):  # a.tif's overlay: fails while writing
+            raise OSError("disk full")
+        return real(prepared, labels)
+
+    monkeypatch.setattr(predict_task, "overlay_image", failing_overlay)
+    failed = run_predict([f"ckpt={ckpt}", f"input={src}", f"output={out}", "device=cpu",
+                          "overlay=true", *OPEN])
+    assert failed == 1
+    assert "a.tif: OSError: disk full" in caplog.text and "1 of 2 file(s) failed" in caplog.text
+    assert (out / "a_overlay.png").read_bytes() == b"previous result"
+    assert (out / "b.tif").is_file() and (out / "b_overlay.png").is_file()
+    assert not [p for p in out.iterdir() if ".tmp" in p.name or p.name.startswith(".")]
+
+
+def test_blank_images_are_named_and_channel_axis_is_settable(inputs, tmp_path, caplog):
+    _, ckpt = inputs
+    src = tmp_path / "blank"
+    src.mkdir()
+    tifffile.imwrite(src / "zero1.tif", np.zeros((32, 32), np.uint16))
+    tifffile.imwrite(src / "zero2.tif", np.zeros((32, 32), np.uint16))
+    # first and last axes both 2 long: only channel_axis can tell which holds the channels
+    tifffile.imwrite(src / "mid.tif", np.random.default_rng(0).random((2, 40, 2)).astype(
+        np.float32))
+    failed = run_predict([f"ckpt={ckpt}", f"input={src}", f"output={tmp_path / 'o'}",
+                          "device=cpu", "channel_axis=-1", *OPEN])
+    assert failed == 0
+    for name in ("zero1.tif", "zero2.tif"):
+        assert any(name in r.message and "empty labels" in r.message for r in caplog.records)
+    assert tifffile.imread(tmp_path / "o" / "mid.tif").shape == (2, 40)

@@ -191,3 +191,18 @@ def test_photometric_runs_at_the_smaller_of_stored_and_input_size(
     assert item["image"][0].abs().max() == 0  # blank channel stays blank through both orders
     assert 0 <= item["image"].min() and item["image"].max() <= 1
     assert [len(b) for b in (item["boxes"], item["ids"])] == [2, 2]
+
+
+def test_misspelled_dataset_key_and_missing_val_split_are_named(tmp_path, two_datasets):
+    with pytest.raises(ValueError, match=r"data\.datasets\.x: expected the keys .*got \['pth'\]"):
+        CellDataModule({"x": {"pth": "/data/x"}})
+    only_train = tmp_path / "one"
+    label = np.zeros((512, 512), np.int32)
+    label[5:20, 5:20] = 1
+    image = np.zeros((3, 512, 512), np.float32)
+    image[2] = 0.5
+    write_dataset(only_train, {"train": [(image, label, "a", "a")]}, name="one", source="",
+                  licence="", converter="t", converter_version="0")
+    dm = CellDataModule({"one": {"path": str(only_train)}}, num_workers=0, input_size=64)
+    with pytest.raises(ValueError, match=r"no dataset has a val split \(one has \['train'\]\)"):
+        dm.setup("fit")

@@ -180,3 +180,23 @@ def test_writer_rejects_bad_items_and_cleans_up(tmp_path):
     assert manifest["splits"]["train"]["n_images"] == 0
     assert open_split(tmp_path / "f", "train").images.shape == (0, 3, 512, 512)
     assert json.loads((tmp_path / "f" / "manifest.json").read_text())["name"] == "f"
+
+
+def test_a_split_write_that_fails_keeps_the_previous_split(tmp_path):
+    from cellsam.data.format import SplitWriter
+
+    def item(value):
+        label = np.zeros((512, 512), np.int32)
+        label[10:40, 10:40] = 1
+        image = np.full((3, 512, 512), value, np.float32)
+        return image, label
+
+    with SplitWriter(tmp_path, "train") as writer:
+        writer.add(*item(0.25), "first")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir()}
+    with pytest.raises(RuntimeError, match="stopped"), SplitWriter(tmp_path, "train") as w:
+        w.add(*item(0.75), "second")
+        raise RuntimeError("stopped")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir()}
+    assert after == before  # no partial files left, the old arrays intact
+    assert float(np.load(tmp_path / "train" / "images.npy").max()) == 0.25

@@ -139,3 +139,22 @@ def test_writers(tmp_path):
 def test_markdown_without_paper():
     md = markdown_table(summarize(records("deepbacs")), compare=False)
     assert "paper" not in md and "| all |" not in md  # one dataset: no repeated union row
+
+
+def test_a_failed_results_write_keeps_the_previous_tables(tmp_path, monkeypatch):
+    import cellsam.metrics.report as report
+
+    results = {"a": {k: 0.5 for k in report.SCHEMA_KEYS}, "all": {k: 0.5 for k in
+                                                                    report.SCHEMA_KEYS}}
+    paths = report.write_results(tmp_path, results, {"split": "test"}, compare=False)
+    before = {s: p.read_bytes() for s, p in paths.items()}
+
+    def fails(path, *args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "_bar_chart", fails)
+    with pytest.raises(OSError, match="disk full"):
+        report.write_results(tmp_path, {**results, "a": {**results["a"], "f1_50_mean": 0.9}},
+                             {"split": "test"}, compare=False)
+    assert paths["png"].read_bytes() == before["png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
