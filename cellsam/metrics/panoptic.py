@@ -34,40 +34,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cellpose_ap import match_count_then_iou
+from .f1 import MatchCounts, _ratio
 from .matching import Overlaps, compute_overlaps, match_pairs
 
 __all__ = ["PanopticQuality", "panoptic_quality"]
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den > 0 else 0.0
-
-
 @dataclass(frozen=True)
-class PanopticQuality:
-    """Panoptic counts of one image (or a pool of images) at one IoU threshold.
-
-    Attributes:
-        threshold: IoU threshold of a TP pair (0.5 for PQ).
-        n_true: number of true objects.
-        n_pred: number of predicted objects.
-        tp: number of matched pairs with IoU >= threshold.
-        sum_iou: float64 sum of the IoUs of those pairs.
+class PanopticQuality(MatchCounts):
+    """Panoptic counts of one image (or a pool of images) at one IoU threshold: the match
+    counts (`threshold`, `n_true`, `n_pred`, `tp`; `fp`, `fn`, `f1` ...) plus
+    `sum_iou`, the float64 sum of the IoUs of the TP pairs (IoU >= threshold).
     """
 
-    threshold: float
-    n_true: int
-    n_pred: int
-    tp: int
-    sum_iou: float
-
-    @property
-    def fp(self) -> int:
-        return self.n_pred - self.tp
-
-    @property
-    def fn(self) -> int:
-        return self.n_true - self.tp
+    sum_iou: float = 0.0
 
     @property
     def dq(self) -> float:

@@ -16,6 +16,22 @@ from pathlib import Path
 import numpy as np
 
 N_IMAGES = 20
+
+
+def paint(*rects: tuple[int, int, int, int, int], shape=(12, 16)) -> np.ndarray:
+    """Label image from (id, y0, y1, x0, x1) rectangles, later ones on top."""
+    lab = np.zeros(shape, np.int64)
+    for i, y0, y1, x0, x1 in rects:
+        lab[y0:y1, x0:x1] = i
+    return lab
+
+
+# The hand-counted scene: three 4x4 squares on a 12x16 canvas, ids 1 (rows 0-3, cols 0-3),
+# 2 (rows 0-3, cols 4-7, touching 1), 3 (rows 6-9, cols 8-11). Prediction: 1 exact (IoU 1),
+# 2 shifted right by 1 (IoU 12 / 20 = 0.6), 3 missed, a 3x3 false blob.
+TRUE = paint((1, 0, 4, 0, 4), (2, 0, 4, 4, 8), (3, 6, 10, 8, 12))
+PRED = paint((5, 0, 4, 0, 4), (9, 0, 4, 5, 9), (4, 8, 11, 0, 3))
+EMPTY = np.zeros_like(TRUE)
 PERTURBATIONS = ("identity", "shift", "erode", "merge", "split", "drop", "mixed")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from real_label_cases import N_IMAGES, PERTURBATIONS, real_pairs
+from real_label_cases import EMPTY, N_IMAGES, PERTURBATIONS, PRED, TRUE, paint, real_pairs
 
 from cellsam.metrics import (
     DEFAULT_THRESHOLDS,
@@ -18,21 +18,6 @@ from cellsam.metrics import (
     aggregated_jaccard_index,
     cellpose_ap,
 )
-
-
-def paint(*rects: tuple[int, int, int, int, int], shape=(12, 16)) -> np.ndarray:
-    """Label image from (id, y0, y1, x0, x1) rectangles, later ones on top."""
-    lab = np.zeros(shape, np.int64)
-    for i, y0, y1, x0, x1 in rects:
-        lab[y0:y1, x0:x1] = i
-    return lab
-
-
-TRUE = paint((1, 0, 4, 0, 4), (2, 0, 4, 4, 8), (3, 6, 10, 8, 12))
-# 1 exact (IoU 1), 2 shifted right by 1 (12 / 20 = IoU 0.6), 3 missed, a 3x3 false blob.
-PRED = paint((5, 0, 4, 0, 4), (9, 0, 4, 5, 9), (4, 8, 11, 0, 3))
-EMPTY = np.zeros_like(TRUE)
-
 
 # ---------------------------------------------------------------- hand-counted cases
 

@@ -14,24 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from real_label_cases import N_IMAGES, PERTURBATIONS, real_pairs
+from real_label_cases import EMPTY, N_IMAGES, PERTURBATIONS, PRED, TRUE, paint, real_pairs
 
 from cellsam.metrics import PanopticQuality, panoptic_quality
-
-
-def paint(*rects: tuple[int, int, int, int, int], shape=(12, 16)) -> np.ndarray:
-    """Label image from (id, y0, y1, x0, x1) rectangles, later ones on top."""
-    lab = np.zeros(shape, np.int64)
-    for i, y0, y1, x0, x1 in rects:
-        lab[y0:y1, x0:x1] = i
-    return lab
-
-
-TRUE = paint((1, 0, 4, 0, 4), (2, 0, 4, 4, 8), (3, 6, 10, 8, 12))
-# 1 exact (IoU 1), 2 shifted right by 1 (IoU 12 / 20 = 0.6), 3 missed, a false blob.
-PRED = paint((5, 0, 4, 0, 4), (9, 0, 4, 5, 9), (4, 8, 11, 0, 3))
-EMPTY = np.zeros_like(TRUE)
-
 
 # ---------------------------------------------------------------- hand-counted cases
 
