@@ -3,6 +3,7 @@ or raises `ImageReadError` naming the file, never another exception."""
 
 from __future__ import annotations
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
@@ -39,7 +40,7 @@ def test_random_bytes(tmp_path, data, suffix):
 
 @FUZZ
 @given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=4),
-       dtype=st.sampled_from(DTYPES), fmt=st.sampled_from([".tif", ".npy"]),
+       dtype=st.sampled_from(DTYPES), fmt=st.sampled_from([".tif", ".png", ".npy"]),
        seed=st.integers(0, 2**16))
 def test_random_arrays(tmp_path, shape, dtype, fmt, seed):
     rng = np.random.default_rng(seed)
@@ -48,6 +49,8 @@ def test_random_arrays(tmp_path, shape, dtype, fmt, seed):
     try:
         if fmt == ".npy":
             np.save(path, arr)
+        elif fmt == ".png":
+            iio.imwrite(path, arr)
         else:
             tifffile.imwrite(path, arr)
     except Exception:  # a writer refusing the array is not what is tested here
