@@ -57,19 +57,3 @@ def tiny_model():
                 "num_queries": 64,
             },
         )
-
-
-@pytest.fixture()
-def small_finder():
-    """Builder of a seeded small CellFinder (16 input channels, 32 wide, 1 encoder and 3
-    decoder layers, 16 queries, spatial prior); keyword arguments add or override."""
-    from cellsam.models.finder import CellFinder
-
-    def build(**overrides) -> CellFinder:
-        torch.manual_seed(0)
-        settings = dict(in_channels=16, hidden_dim=32, ffn_dim=64, num_heads=4,
-                        num_encoder_layers=1, num_decoder_layers=3, num_queries=16,
-                        spatial_prior=True)
-        return CellFinder(**{**settings, **overrides})
-
-    return build

@@ -18,12 +18,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from scipy.optimize import linear_sum_assignment
 
 from cellsam.models.finder import CellFinder, HungarianMatcher, SetCriterion
+
+STAGE_CONF = Path(__file__).resolve().parents[2] / "conf" / "stage" / "finder.yaml"
+
+
+def stage1_criterion() -> tuple[TimedMatcher, SetCriterion]:
+    """A timed matcher and the criterion around it, with the costs, loss weights and focal
+    settings of `conf/stage/finder.yaml` (their one home)."""
+    module = OmegaConf.to_container(OmegaConf.load(STAGE_CONF))["stage"]["module"]
+    focal = {"focal_alpha": module["focal_alpha"], "focal_gamma": module["focal_gamma"]}
+    matcher = TimedMatcher(**module["matcher_costs"], **focal)
+    return matcher, SetCriterion(matcher, module["loss_weights"], **focal)
 
 
 def random_targets(num_cells: int, g: torch.Generator) -> dict:
@@ -103,8 +116,7 @@ def time_step(args: argparse.Namespace) -> tuple[float, float, float, int]:
     """(median step ms, best step ms, matcher ms inside the best step, layers matched)."""
     torch.manual_seed(args.seed)
     model = CellFinder(args.in_channels, num_queries=args.queries).train()
-    matcher = TimedMatcher()
-    criterion = SetCriterion(matcher, {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0})
+    matcher, criterion = stage1_criterion()
     g = torch.Generator().manual_seed(args.seed)
     features = torch.randn(1, args.in_channels, args.size, args.size, requires_grad=True)
     targets = [random_targets(args.step_cells, g)]

@@ -147,3 +147,55 @@ def test_gradcheck_float64() -> None:
         return criterion.weighted_total(losses)
 
     assert torch.autograd.gradcheck(total, (logits, boxes))
+
+
+def _random_case(dtype: torch.dtype) -> tuple[dict, list[dict]]:
+    """3 decoder layers x 3 images x 40 queries; 6, 0 and 11 cells."""
+    g = torch.Generator().manual_seed(7)
+    layers = [{"pred_logits": (torch.randn(3, 40, 1, generator=g) * 2).to(dtype),
+               "pred_boxes": (torch.rand(3, 40, 4, generator=g) * 0.6 + 0.2).to(dtype)}
+              for _ in range(3)]
+    targets = []
+    for n in (6, 0, 11):
+        centres = torch.rand(n, 2, generator=g) * 0.8 + 0.1
+        sides = torch.rand(n, 2, generator=g) * 0.1 + 0.02
+        targets.append({"boxes": torch.cat((centres, sides), 1).to(dtype)})
+    return {**layers[-1], "aux_outputs": layers[:-1]}, targets
+
+
+# Weighted totals of `_random_case` computed by the criterion as it was before the training
+# aids moved to training_aids.py (commit 4908886^, its `aux_one_to_many` argument), keyed by
+# (dtype, iou_aware_class, aux_layer_matches_per_cell). The refactored criterion gave the
+# same bits for terms, totals and gradients on CPU; the tolerances only allow for another
+# CPU's summation order.
+_PRE_SPLIT_TOTALS = {
+    (torch.float32, False, 1): 95.1438980102539,
+    (torch.float32, True, 1): 140.8680877685547,
+    (torch.float32, False, 3): 79.63483428955078,
+    (torch.float32, True, 3): 108.26160430908203,
+    (torch.float64, False, 1): 95.143905250883,
+    (torch.float64, False, 3): 79.63482236346712,
+}
+_PRE_SPLIT_TERMS_BOTH_AIDS = {  # float32, iou_aware_class, 3 matches per cell on aux layers
+    "loss_ce": 13.48358154296875, "loss_bbox": 2.8368330001831055,
+    "loss_giou": 3.1167829036712646, "loss_ce_0": 3.999007225036621,
+    "loss_bbox_0": 2.916273832321167, "loss_giou_0": 3.006316661834717,
+    "loss_ce_1": 4.9245219230651855, "loss_bbox_1": 3.2542612552642822,
+    "loss_giou_1": 3.082166910171509,
+}
+
+
+@pytest.mark.parametrize("key", list(_PRE_SPLIT_TOTALS), ids=str)
+def test_equals_the_pre_split_criterion(key: tuple) -> None:
+    dtype, iou_aware, k = key
+    outputs, targets = _random_case(dtype)
+    criterion = SetCriterion(HungarianMatcher(), WEIGHTS, iou_aware_class=iou_aware,
+                             aux_layer_matches_per_cell=k)
+    losses = criterion(outputs, targets, torch.tensor(17.0 / 3))
+    rel = 1e-6 if dtype == torch.float32 else 1e-12
+    assert criterion.weighted_total(losses).item() == pytest.approx(_PRE_SPLIT_TOTALS[key],
+                                                                    rel=rel)
+    if key == (torch.float32, True, 3):
+        assert list(losses) == list(_PRE_SPLIT_TERMS_BOTH_AIDS)
+        for name, value in _PRE_SPLIT_TERMS_BOTH_AIDS.items():
+            assert losses[name].item() == pytest.approx(value, rel=1e-6), name

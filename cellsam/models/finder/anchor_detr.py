@@ -9,6 +9,8 @@ their position embeddings are computed once per forward.
 
 One hook, off in the paper's model: ``spatial_prior`` adds a Gaussian bias around each
 anchor to the decoder's cross-attention logits (``spatial_prior.py``, after SMCA-DETR).
+One init knob: ``position_init_gain`` scales the position adapters' last layer at init
+(1.0, the default, is the original's init; ``model=tiny`` uses 10).
 
 Parameter names (``position``, ``pattern``, ``adapt_pos1d``, ``adapt_pos2d``,
 ``encoder_layers.i.self_attn.in_proj_weight``, ``decoder_layers.i.cross_attn``, ``norm1``,
