@@ -24,6 +24,9 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as checkpoint_block
+
+from cellsam.models.vit_attention import ATTENTION_KINDS, use_vit_attention
 
 # SAM normalises 0-255 RGB images with these ImageNet statistics.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -75,7 +78,8 @@ class SamCheckpointError(RuntimeError):
 
 def build_sam(
     variant: str = "vit_b", checkpoint: str | Path | None = None, image_size: int | None = None,
-    prompt_dim: int | None = None,
+    prompt_dim: int | None = None, attention: str = "standard",
+    activation_checkpointing: bool = False,
 ) -> Sam:
     """Build SAM of a named size (`vit_b`, `vit_l`, `vit_h`, `tiny`), optionally loading weights.
 
@@ -83,6 +87,11 @@ def build_sam(
     it, so an official checkpoint only loads at its own size). `prompt_dim` overrides the
     width of the neck's output, the prompt encoder and the mask decoder (for models trained
     from scratch; official checkpoints only load at their own, 256).
+    `attention` chooses how the ViT computes attention: `"standard"` (segment-anything's
+    code) or `"sdpa"` (`scaled_dot_product_attention` with the relative-position bias as a
+    mask; same parameters and results, see `cellsam.models.vit_attention`).
+    `activation_checkpointing` recomputes each ViT block in the backward pass instead of
+    keeping its activations (`trunk_features`, training with gradients only).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose from {sorted(VARIANTS)}")
@@ -97,6 +106,8 @@ def build_sam(
             raise ValueError(f"prompt_dim must be a positive multiple of {step} for SAM "
                              f"{variant} ({v.decoder_heads} decoder heads), got {prompt_dim}")
         v = replace(v, prompt_dim=int(prompt_dim))
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"unknown ViT attention {attention!r}; choose from {ATTENTION_KINDS}")
     if v.image_size % v.patch_size:
         raise ValueError(f"image_size {v.image_size} is not a multiple of patch {v.patch_size}")
     grid = v.image_size // v.patch_size
@@ -144,6 +155,10 @@ def build_sam(
             "(set model.sam.checkpoint=/path/sam_vit_b_01ec64.pth to start from SAM)",
             stacklevel=2,
         )
+    # Both switches leave the parameters and state-dict keys alone, so they apply after
+    # the weights are in.
+    use_vit_attention(sam.image_encoder, attention)
+    sam.image_encoder.activation_checkpointing = bool(activation_checkpointing)
     return sam
 
 
@@ -193,11 +208,18 @@ def trunk_features(encoder: ImageEncoderViT, images: Tensor) -> Tensor:
     """The ViT trunk's pre-neck feature map.
 
     images: `[B, 3, S, S]` already normalised -> `[B, C, S/16, S/16]` (C = 768 for ViT-B).
+    With `encoder.activation_checkpointing` set (`build_sam`), each block is recomputed in
+    the backward pass, when the encoder is training and gradients are on.
     """
     x = encoder.patch_embed(images)  # [B, h, w, C]
     if encoder.pos_embed is not None:
         x = x + encoder.pos_embed
+    recompute = (
+        getattr(encoder, "activation_checkpointing", False)
+        and encoder.training
+        and torch.is_grad_enabled()
+    )
     for block in encoder.blocks:
-        x = block(x)
+        x = checkpoint_block(block, x, use_reentrant=False) if recompute else block(x)
     return x.permute(0, 3, 1, 2)
 

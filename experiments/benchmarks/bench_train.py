@@ -8,6 +8,10 @@ is random images with random cell boxes, so the figure is the model's, not the l
 `--loader` also times the training data loader of the composed data config, and compares
 its photometric augmentation at the model's input size (what the data module does when it
 downsizes) with the same steps at the stored size (the baseline), in the same process.
+`--vit-attention` also times a ViT trunk forward + backward with segment-anything's
+attention (`standard`) and with `sdpa` (`cellsam.models.vit_attention`), alternating in the
+same process: the tiny ViT at the model's input size and batch, and ViT-B at
+`--vit-b-size` px with one image.
 
 Precisions are run in the order given; every one after the first is also printed as a ratio
 against the first. Examples:
@@ -15,6 +19,8 @@ against the first. Examples:
     # the quickstart's tiny model on 2 CPU cores, and its data loader
     .venv/bin/python experiments/benchmarks/bench_train.py --overrides experiment=quickstart \
         --loader
+    # ViT attention: standard vs sdpa (tiny and ViT-B trunks, forward + backward)
+    .venv/bin/python experiments/benchmarks/bench_train.py --vit-attention --steps 5
     # the paper's model (ViT-B at 1024 px, 3500 queries) on a GPU, fp32 then bf16
     .venv/bin/python experiments/benchmarks/bench_train.py --overrides model=paper \
         --device cuda --precision 32 bf16 --batch 2 --cells 100
@@ -36,6 +42,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from cellsam.data.transforms import geometric, label_targets, photometric, resize_image
+from cellsam.models.sam import build_sam, trunk_features
+from cellsam.models.vit_attention import use_vit_attention
 from cellsam.tasks.train import build_module
 from cellsam.utils.resolvers import register_resolvers
 
@@ -134,6 +142,49 @@ def time_loader(cfg, input_size: int, items: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def time_vit_attention(
+    variant: str, size: int, batch: int, device, precision: str, warmup: int, steps: int
+) -> dict[str, float]:
+    """Seconds per trunk forward + backward of SAM ``variant`` at ``size`` px, for each ViT
+    attention; the two share weights and alternate, so machine load hits both alike."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random ViT weights are fine for timing
+        encoder = build_sam(variant, image_size=size).image_encoder.to(device).train()
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    images = images.to(device)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    cuda = device.type == "cuda"
+
+    def step(kind: str) -> float:
+        use_vit_attention(encoder, kind)
+        encoder.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast:
+            features = trunk_features(encoder, images)
+        features.float().square().mean().backward()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    kinds = ("standard", "sdpa")
+    for _ in range(warmup):
+        for kind in kinds:
+            step(kind)
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for i in range(steps):
+        for kind in kinds if i % 2 == 0 else kinds[::-1]:
+            times[kind].append(step(kind))
+    return {kind: sorted(t)[len(t) // 2] for kind, t in times.items()}  # medians
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overrides", nargs="*", default=["experiment=quickstart"])
@@ -146,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch)")
     parser.add_argument("--loader", action="store_true", help="also time the data loader")
     parser.add_argument("--loader-items", type=int, default=192)
+    parser.add_argument("--vit-attention", action="store_true",
+                        help="also time ViT trunks with standard vs sdpa attention")
+    parser.add_argument("--vit-b-size", type=int, default=256,
+                        help="ViT-B input size for --vit-attention")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,6 +240,14 @@ def main(argv: list[str] | None = None) -> None:
         current, stored = time_loader(cfg, size, args.loader_items)
         print(f"loader (train split, 1 process): {current:.1f} items/s with photometric steps "
               f"at the smaller size, {stored:.1f} at the stored size ({current / stored:.2f}x)")
+    if args.vit_attention:
+        for variant, vit_size, vit_batch in (("tiny", size, batch), ("vit_b", args.vit_b_size, 1)):
+            t = time_vit_attention(variant, vit_size, vit_batch, device, args.precision[0],
+                                   args.warmup, args.steps)
+            print(f"ViT attention, {variant} trunk fwd+bwd at {vit_size} px, batch {vit_batch}, "
+                  f"precision {args.precision[0]}: standard {t['standard'] * 1000:.1f} ms, "
+                  f"sdpa {t['sdpa'] * 1000:.1f} ms (median of {args.steps}; "
+                  f"sdpa/standard time {t['sdpa'] / t['standard']:.2f}x)")
 
 
 if __name__ == "__main__":
