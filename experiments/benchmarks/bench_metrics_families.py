@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import numpy as np
-from bench_metrics import perturb, tessellation  # same folder (sys.path[0])
+from bench_metrics import clock, perturb, tessellation  # same folder (sys.path[0])
 
 from cellsam.metrics import (
     DEFAULT_THRESHOLDS,
@@ -71,15 +70,6 @@ def tiled_real(size: int, n_cells: int) -> np.ndarray | None:
         n += ids.size
         x, row_h = x + w, max(row_h, h)
     return canvas
-
-
-def clock(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def line(name: str, ours_s: float, ref_s: float | None, note: str) -> None:
