@@ -42,6 +42,7 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         lr_drop_factor: float,
         loss_weights: Mapping[str, float],
         matcher_costs: Mapping[str, float],
+        matcher_solver: str,
         focal_alpha: float,
         focal_gamma: float,
         aux_layer_matches_per_cell: int = 1,
@@ -54,7 +55,7 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         self.run_config = dict(run_config or {})
         freeze_except(model, ["trunk", "finder"])
         matcher = HungarianMatcher(**dict(matcher_costs), focal_alpha=focal_alpha,
-                                   focal_gamma=focal_gamma)
+                                   focal_gamma=focal_gamma, solver=matcher_solver)
         self.criterion = SetCriterion(
             matcher,
             dict(loss_weights),

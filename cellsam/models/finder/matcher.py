@@ -7,12 +7,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from cellsam.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from cellsam.models.finder.sparse_assignment import (
+    BoxMatchingCosts,
+    solve_certified,
+    solve_dense,
+)
 
-__all__ = ["HungarianMatcher"]
+__all__ = ["SOLVERS", "HungarianMatcher"]
+
+SOLVERS = ("certified", "dense")
 
 
 class HungarianMatcher(nn.Module):
@@ -24,13 +29,16 @@ class HungarianMatcher(nn.Module):
 
     with ``focal(q) = alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))`` and
     ``p = sigmoid(logit_q)``: the focal loss of calling q a cell minus that of calling it
-    background. With a single class this term does not depend on ``t``.
+    background. With a single class this term does not depend on ``t``. Costs are float64
+    whatever the autocast dtype: the assignment is sensitive to ties.
 
-    Costs are computed per image (``[Q, N_i]``), not for the whole batch at once as DETR
-    does (``[B*Q, sum N]``), which would be B times larger for nothing.
+    ``solver``: ``certified`` (default) solves a sparse problem on the pairs that can be
+    cheap and proves it optimal for the dense one (``sparse_assignment.py``), falling back
+    to ``dense`` (``scipy.optimize.linear_sum_assignment`` on the full ``[Q, N]`` matrix)
+    when it cannot; both give the optimal total cost.
 
     ``num_threads`` bounds the threads solving assignments in parallel (default: the CPUs
-    this process may use; 1 = serial). Problems whose largest cost matrix has fewer than
+    this process may use; 1 = serial). Problems whose largest ``Q x N`` has fewer than
     ``parallel_min_entries`` entries are solved serially: there a thread pool costs more
     than the assignments (README, Quickstart).
     """
@@ -42,23 +50,42 @@ class HungarianMatcher(nn.Module):
         cost_giou: float = 2.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        solver: str = "certified",
         num_threads: int | None = None,
         parallel_min_entries: int = 50_000,
     ) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("all matcher costs are 0")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown matcher solver {solver!r}; expected one of {SOLVERS}")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.solver = solver
         self.num_threads = num_threads
         self.parallel_min_entries = parallel_min_entries
 
     @torch.no_grad()
+    def class_cost(self, logits: Tensor) -> Tensor:
+        """``[..., 1]`` class logits -> ``[...]`` float64 ``cost_class * focal(q)``."""
+        prob = logits[..., 0].double().sigmoid()
+        a, g = self.focal_alpha, self.focal_gamma
+        neg = (1 - a) * prob.pow(g) * -(1 - prob + 1e-8).log()
+        pos = a * (1 - prob).pow(g) * -(prob + 1e-8).log()
+        return self.cost_class * (pos - neg)
+
+    def problem(self, class_cost: np.ndarray, boxes: np.ndarray,
+                target_boxes: np.ndarray) -> BoxMatchingCosts:
+        """One image's matching problem from ``[Q]`` class costs, ``[Q, 4]`` and
+        ``[N, 4]`` cxcywh boxes (float64 arrays)."""
+        return BoxMatchingCosts(class_cost, boxes, target_boxes, self.cost_bbox, self.cost_giou)
+
+    @torch.no_grad()
     def cost_matrix(self, logits: Tensor, boxes: Tensor, target_boxes: Tensor) -> Tensor:
-        """Matching cost of one image.
+        """Matching cost of one image (the dense solver's matrix).
 
         Args:
             logits: ``[Q, 1]`` class logits.
@@ -66,23 +93,11 @@ class HungarianMatcher(nn.Module):
             target_boxes: ``[N, 4]`` target cxcywh.
 
         Returns:
-            ``[Q, N]`` float32 cost (lower is better).
+            ``[Q, N]`` float64 cost on the CPU (lower is better).
         """
-        # float32 whatever the autocast dtype: the assignment is sensitive to ties.
-        prob = logits[:, 0].float().sigmoid()  # [Q]
-        boxes = boxes.float()
-        target_boxes = target_boxes.to(boxes)
-        a, g = self.focal_alpha, self.focal_gamma
-        neg = (1 - a) * prob.pow(g) * -(1 - prob + 1e-8).log()
-        pos = a * (1 - prob).pow(g) * -(prob + 1e-8).log()
-        cost_class = (pos - neg)[:, None]  # [Q, 1], broadcast over targets
-        cost_bbox = torch.cdist(boxes, target_boxes, p=1)  # [Q, N]
-        giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))
-        # In place on the fresh [Q, N] GIoU tensor: 3.5M entries at 1000 cells, and the
-        # combination would otherwise allocate three more of them.
-        cost = giou.mul_(-self.cost_giou)
-        cost.add_(cost_bbox, alpha=self.cost_bbox)
-        return cost.add_(cost_class * self.cost_class)
+        problem = self.problem(self.class_cost(logits).cpu().numpy(), _host64(boxes),
+                               _host64(target_boxes))
+        return torch.from_numpy(problem.dense())
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
@@ -108,10 +123,10 @@ class HungarianMatcher(nn.Module):
     ) -> list[list[tuple[Tensor, Tensor]]]:
         """Match several decoder layers' outputs (final + aux) to the same targets.
 
-        Same result as calling ``forward`` on each layer, but all ``L x B`` cost matrices
-        reach the CPU in one transfer (one device sync instead of ``L x B``) and the
-        assignments run in a thread pool (``linear_sum_assignment`` releases the GIL), which
-        matters at the paper's scale (6 layers x 4 images x up to 1000 cells per step).
+        Same result as calling ``forward`` on each layer, but all layers' predictions reach
+        the CPU in one transfer (one device sync instead of ``L x B``) and the ``L x B``
+        problems are solved in a thread pool, which matters at the paper's scale (6 layers
+        x 4 images x up to 1000 cells per step).
 
         Args:
             layers: L dicts with ``pred_logits [B, Q, 1]`` and ``pred_boxes [B, Q, 4]``.
@@ -132,26 +147,25 @@ class HungarianMatcher(nn.Module):
                     f"as many queries as objects, here ~{int(np.ceil(3.5 * n))})"
                 )
         jobs = [(layer, i) for layer in range(len(layers)) for i in range(batch) if sizes[i]]
-        costs = [
-            self.cost_matrix(
-                layers[layer]["pred_logits"][i], layers[layer]["pred_boxes"][i], targets[i]["boxes"]
-            )
+        # What the solver needs reaches the host in one transfer: [L, B, Q] class costs
+        # and [L, B, Q, 4] boxes, never a [Q, N] matrix.
+        class_costs = self.class_cost(torch.stack([out["pred_logits"] for out in layers]))
+        boxes = torch.stack([out["pred_boxes"] for out in layers]).double()
+        host = torch.cat((class_costs[..., None], boxes), dim=-1).cpu().numpy()
+        target_boxes = [_host64(t["boxes"]) for t in targets]
+        problems = [
+            self.problem(host[layer, i, :, 0], host[layer, i, :, 1:], target_boxes[i])
             for layer, i in jobs
-        ]
-        flat = torch.cat([c.reshape(-1) for c in costs]).cpu().numpy() if costs else None
-        offsets = np.cumsum([0] + [c.numel() for c in costs])
-        matrices = [
-            flat[offsets[k] : offsets[k + 1]].reshape(num_queries, sizes[i])
-            for k, (_, i) in enumerate(jobs)
         ]
         workers = min(len(jobs), self.num_threads or _available_cpus())
         if num_queries * max(sizes, default=0) < self.parallel_min_entries:
             workers = 1
+        solve = _solve_certified if self.solver == "certified" else _solve_dense
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                solved = list(pool.map(_solve, matrices, [i for _, i in jobs]))
+                solved = list(pool.map(solve, problems, [i for _, i in jobs]))
         else:
-            solved = [_solve(m, i) for m, (_, i) in zip(matrices, jobs)]
+            solved = [solve(p, i) for p, (_, i) in zip(problems, jobs)]
 
         empty = torch.empty(0, dtype=torch.int64)
         result = [[(empty, empty) for _ in range(batch)] for _ in layers]
@@ -167,12 +181,27 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _solve(cost: np.ndarray, image: int) -> tuple[Tensor, Tensor]:
-    """Optimal assignment of one ``[Q, N]`` float32 cost matrix (runs in a worker thread)."""
-    cost = cost.astype(np.float64)
-    if not np.isfinite(cost).all():
-        raise ValueError(
-            f"non-finite matching cost for image {image} (NaN/inf predictions or zero-area boxes)"
-        )
-    rows, cols = linear_sum_assignment(cost)
-    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
+def _host64(tensor: Tensor) -> np.ndarray:
+    return tensor.detach().double().cpu().numpy()
+
+
+def _indices(queries: np.ndarray) -> tuple[Tensor, Tensor]:
+    """``[N]`` query of each target -> ``(query_idx, target_idx)``, queries ascending."""
+    order = np.argsort(queries, kind="stable")
+    return torch.from_numpy(queries[order]), torch.from_numpy(order.astype(np.int64))
+
+
+def _solve_certified(problem: BoxMatchingCosts, image: int) -> tuple[Tensor, Tensor]:
+    """Optimal assignment of one image by ``solve_certified`` (runs in a worker thread)."""
+    try:
+        return _indices(solve_certified(problem).queries)
+    except ValueError as err:
+        raise ValueError(f"image {image}: {err}") from None
+
+
+def _solve_dense(problem: BoxMatchingCosts, image: int) -> tuple[Tensor, Tensor]:
+    """Optimal assignment of one image on the dense matrix (runs in a worker thread)."""
+    try:
+        return _indices(solve_dense(problem))
+    except ValueError as err:
+        raise ValueError(f"image {image}: {err}") from None
