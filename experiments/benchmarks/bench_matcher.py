@@ -1,16 +1,23 @@
-"""How much of a CellFinder training step the Hungarian matcher costs, on CPU.
+"""The Hungarian matcher at the paper's scale on CPU: dense scipy against the certified
+sparse solver (`cellsam/models/finder/sparse_assignment.py`).
 
-1. Matcher milliseconds per image and decoder layer at --queries queries for several cell
-   counts (random boxes), split into cost matrix (torch) and assignment (scipy).
-2. One training step's worth of matching (final + 5 aux layers x --batch images) through
-   ``match_layers``, serial (1 thread) and threaded.
-3. One CellFinder forward + losses (matching every layer) + backward at paper size on a
-   [1, 768, 64, 64] feature map, and the matcher's share of it.
+1. Per image and decoder layer, --queries queries, for each cell count: the whole matcher
+   call on CPU tensors (costs included), the baseline being what the matcher did before:
+   a dense float32 torch cost matrix and `scipy.optimize.linear_sum_assignment`. Costs come
+   from a partially trained CellFinder (trained here for --train-steps steps on rendered
+   cell layouts, cached under --cache; every decoder layer of 4 layouts gives a problem)
+   and from random boxes and logits. Printed: best and median ms, the speed-up, how many
+   problems were certified (the rest fell back to the dense solver), sparse rounds, the
+   share of the dense matrix evaluated, and the largest |total cost difference| (must be
+   float rounding on every instance).
+2. One training step's matching through `match_layers`: --layers layers x --batch images,
+   dense and certified, and the matcher's share of a paper-size CellFinder step (forward +
+   losses + backward on a [1, 768, 64, 64] map; the ViT trunk is not included, so the true
+   share is smaller still).
 
-The ViT trunk is NOT part of the measured step (its forward/backward would make the
-matcher's share smaller still). Example:
+One core, as the targets are stated (10 ms at 1000 cells, 2 ms at 300):
 
-    .venv/bin/python experiments/benchmarks/bench_matcher.py --cells 100 500 1000
+    taskset -c 0 .venv/bin/python experiments/benchmarks/bench_matcher.py --threads 1
 """
 
 from __future__ import annotations
@@ -26,17 +33,23 @@ from omegaconf import OmegaConf
 from scipy.optimize import linear_sum_assignment
 
 from cellsam.models.finder import CellFinder, HungarianMatcher, SetCriterion
+from cellsam.models.finder.sparse_assignment import solve_certified
+from cellsam.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
-STAGE_CONF = Path(__file__).resolve().parents[2] / "conf" / "stage" / "finder.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+STAGE_CONF = ROOT / "conf" / "stage" / "finder.yaml"
 
 
-def stage1_criterion() -> tuple[TimedMatcher, SetCriterion]:
-    """A timed matcher and the criterion around it, with the costs, loss weights and focal
-    settings of `conf/stage/finder.yaml` (their one home)."""
-    module = OmegaConf.to_container(OmegaConf.load(STAGE_CONF))["stage"]["module"]
-    focal = {"focal_alpha": module["focal_alpha"], "focal_gamma": module["focal_gamma"]}
-    matcher = TimedMatcher(**module["matcher_costs"], **focal)
-    return matcher, SetCriterion(matcher, module["loss_weights"], **focal)
+def stage_module() -> dict:
+    """`stage.module` of `conf/stage/finder.yaml`: costs, loss weights, focal settings."""
+    return OmegaConf.to_container(OmegaConf.load(STAGE_CONF))["stage"]["module"]
+
+
+def make_matcher(solver: str, threads: int | None = None) -> HungarianMatcher:
+    module = stage_module()
+    return HungarianMatcher(**module["matcher_costs"], focal_alpha=module["focal_alpha"],
+                            focal_gamma=module["focal_gamma"], solver=solver,
+                            num_threads=threads)
 
 
 def random_targets(num_cells: int, g: torch.Generator) -> dict:
@@ -56,152 +69,217 @@ def random_outputs(batch: int, queries: int, g: torch.Generator) -> dict:
     }
 
 
-def time_matcher(queries: int, cells: int, repeats: int, seed: int) -> tuple[float, ...]:
-    """One image, one layer: (median total, best total, median cost, median assign) in ms.
+def render(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N, 4]`` cxcywh -> ``[4, size, size]`` features a detector can learn boxes from:
+    a soft blob per cell, its width and height where it lies, and a coverage count."""
+    yy, xx = torch.meshgrid((torch.arange(size) + 0.5) / size, (torch.arange(size) + 0.5) / size,
+                            indexing="ij")
+    out = torch.zeros(4, size, size)
+    for cx, cy, w, h in boxes.tolist():
+        inside = ((xx - cx).abs() <= w / 2) & ((yy - cy).abs() <= h / 2)
+        blob = torch.exp(-4 * (((xx - cx) / w) ** 2 + ((yy - cy) / h) ** 2))
+        out[0] = torch.maximum(out[0], blob)
+        out[1][inside], out[2][inside] = 20 * w, 20 * h
+        out[3] += inside.float()
+    return out
 
-    The best (minimum) is the figure least disturbed by other processes on the machine.
-    """
-    g = torch.Generator().manual_seed(seed)
-    matcher = HungarianMatcher(num_threads=1)
-    totals, costs, assigns = [], [], []
+
+def detector_outputs(cells: int, queries: int, steps: int, size: int, cache: Path) -> dict:
+    """Every decoder layer's outputs of a CellFinder trained ``steps`` steps on 4 layouts
+    of ``cells`` cells: ``{"layers": [L dicts of [4, Q, ...]], "targets": 4 dicts}``,
+    cached (the training takes minutes)."""
+    path = cache / f"detector_q{queries}_c{cells}_s{steps}_m{size}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    g = torch.Generator().manual_seed(cells)
+    targets = [random_targets(cells, g) for _ in range(4)]
+    features = torch.stack([render(t["boxes"], size) for t in targets])
+    torch.manual_seed(0)
+    model = CellFinder(4, num_queries=queries).train()
+    module = stage_module()
+    criterion = SetCriterion(make_matcher("certified"), module["loss_weights"],
+                             module["focal_alpha"], module["focal_gamma"])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        i = step % 4
+        losses = criterion(model(features[i : i + 1]), [targets[i]], num_boxes=float(cells))
+        loss = criterion.weighted_total(losses)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimiser.step()
+        if step % 20 == 0 or step == steps - 1:
+            print(f"   training {cells} cells: step {step} loss {loss.item():.2f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    with torch.no_grad():
+        out = model.eval()(features)
+    result = {"layers": [{"pred_logits": o["pred_logits"], "pred_boxes": o["pred_boxes"]}
+                         for o in [*out["aux_outputs"], out]], "targets": targets}
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(result, path)
+    return result
+
+
+def dense_torch_baseline(matcher: HungarianMatcher, logits: torch.Tensor, boxes: torch.Tensor,
+                         target_boxes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The matcher before the certified solver: float32 torch costs on the full [Q, N]
+    matrix, then dense scipy."""
+    prob = logits[:, 0].float().sigmoid()
+    a, g = matcher.focal_alpha, matcher.focal_gamma
+    focal = a * (1 - prob).pow(g) * -(prob + 1e-8).log() - (1 - a) * prob.pow(g) * -(
+        1 - prob + 1e-8).log()
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))
+    cost = giou.mul_(-matcher.cost_giou)
+    cost.add_(torch.cdist(boxes, target_boxes, p=1), alpha=matcher.cost_bbox)
+    cost.add_(matcher.cost_class * focal[:, None])
+    return linear_sum_assignment(cost.numpy().astype(np.float64))
+
+
+def problems(kind: str, cells: int, args: argparse.Namespace) -> list[tuple]:
+    """(logits [Q, 1], boxes [Q, 4], target boxes [N, 4]) per image and layer."""
+    if kind == "random":
+        g = torch.Generator().manual_seed(cells)
+        out = [random_outputs(1, args.queries, g) for _ in range(args.random_problems)]
+        return [(o["pred_logits"][0], o["pred_boxes"][0], random_targets(cells, g)["boxes"])
+                for o in out]
+    data = detector_outputs(cells, args.queries, args.train_steps, args.map_size, args.cache)
+    return [(layer["pred_logits"][i], layer["pred_boxes"][i], t["boxes"])
+            for layer in data["layers"] for i, t in enumerate(data["targets"])]
+
+
+def time_call(repeats: int, fn, *args) -> tuple[float, object]:
+    """Best-of-``repeats`` seconds of ``fn(*args)`` and its result."""
+    best, result = float("inf"), None
     for _ in range(repeats):
-        outputs, target = random_outputs(1, queries, g), random_targets(cells, g)
         t0 = time.perf_counter()
-        matcher(outputs, [target])
-        totals.append(time.perf_counter() - t0)
-        # The same work split in two, to say where the time goes.
-        t0 = time.perf_counter()
-        cost = matcher.cost_matrix(
-            outputs["pred_logits"][0], outputs["pred_boxes"][0], target["boxes"]
-        )
-        cost = cost.numpy().astype(np.float64)
-        t1 = time.perf_counter()
-        linear_sum_assignment(cost)
-        costs.append(t1 - t0)
-        assigns.append(time.perf_counter() - t1)
-    medians = [1e3 * statistics.median(x) for x in (totals, costs, assigns)]
-    return medians[0], 1e3 * min(totals), medians[1], medians[2]
+        result = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, result
 
 
-def time_step_matching(
-    queries: int, cells: int, layers: int, batch: int, threads: int | None, repeats: int, seed: int
-) -> float:
-    """Best-of-``repeats`` milliseconds to match ``layers x batch`` images with
-    ``match_layers``."""
-    g = torch.Generator().manual_seed(seed)
-    outputs = [random_outputs(batch, queries, g) for _ in range(layers)]
-    targets = [random_targets(cells, g) for _ in range(batch)]
-    matcher = HungarianMatcher(num_threads=threads)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        matcher.match_layers(outputs, targets)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)
+def compare_solvers(kind: str, cells: int, args: argparse.Namespace) -> None:
+    dense = make_matcher("dense", threads=1)
+    certified = make_matcher("certified", threads=1)
+    base_ms, cert_ms, diffs, rounds, shares, proven = [], [], [], [], [], 0
+    for logits, boxes, target_boxes in problems(kind, cells, args):
+        outputs = {"pred_logits": logits[None], "pred_boxes": boxes[None]}
+        targets = [{"boxes": target_boxes}]
+        t_base, (rows, cols) = time_call(args.repeats, dense_torch_baseline, dense, logits,
+                                         boxes, target_boxes)
+        t_cert, ((q, t),) = time_call(args.repeats, certified, outputs, targets)
+        matrix = dense.cost_matrix(logits, boxes, target_boxes).numpy()
+        diffs.append(abs(matrix[q, t].sum() - matrix[rows, cols].sum()))
+        problem = certified.problem(certified.class_cost(logits).numpy(),
+                                    boxes.double().numpy(), target_boxes.double().numpy())
+        stats = solve_certified(problem)
+        proven += stats.certified
+        rounds.append(stats.rounds)
+        shares.append(stats.evaluated / matrix.size)
+        base_ms.append(1e3 * t_base)
+        cert_ms.append(1e3 * t_cert)
+    n = len(base_ms)
+    print(f"{kind:>9} {cells:>6} {n:>5} {min(base_ms):>8.1f} {statistics.median(base_ms):>8.1f} "
+          f"{min(cert_ms):>8.2f} {statistics.median(cert_ms):>8.2f} "
+          f"{statistics.median(base_ms) / statistics.median(cert_ms):>7.1f}x "
+          f"{proven:>3}/{n:<3} {max(rounds):>6} {max(shares):>7.4f} {max(diffs):>9.1e}")
 
 
-class TimedMatcher(HungarianMatcher):
-    """HungarianMatcher that accumulates its own wall time."""
+def time_step_matching(solver: str, cells: int, args: argparse.Namespace,
+                       threads: int) -> float:
+    """Best ms to match ``layers x batch`` detector-like images with ``match_layers``."""
+    data = detector_outputs(cells, args.queries, args.train_steps, args.map_size, args.cache)
+    layers = [{k: v[: args.batch] for k, v in layer.items()} for layer in data["layers"]]
+    layers = layers[-args.layers:]
+    matcher = make_matcher(solver, threads=threads)
+    best, _ = time_call(args.repeats, matcher.match_layers, layers,
+                        data["targets"][: args.batch])
+    return 1e3 * best
 
-    elapsed = 0.0
 
-    def match_layers(self, layers: list[dict], targets: list[dict]) -> list:
-        t0 = time.perf_counter()
-        result = super().match_layers(layers, targets)
-        self.elapsed += time.perf_counter() - t0
-        return result
-
-
-def time_step(args: argparse.Namespace) -> tuple[float, float, float, int]:
-    """(median step ms, best step ms, matcher ms inside the best step, layers matched)."""
+def time_model_step(args: argparse.Namespace) -> float:
+    """Best ms of a paper-size CellFinder forward + losses + backward, matching excluded
+    (the dense matcher's time is subtracted)."""
     torch.manual_seed(args.seed)
-    model = CellFinder(args.in_channels, num_queries=args.queries).train()
-    matcher, criterion = stage1_criterion()
-    g = torch.Generator().manual_seed(args.seed)
-    features = torch.randn(1, args.in_channels, args.size, args.size, requires_grad=True)
-    targets = [random_targets(args.step_cells, g)]
-    steps, matched = [], []
-    for i in range(args.warmup + args.repeats):
-        matcher.elapsed = 0.0
+    model = CellFinder(768, num_queries=args.queries).train()
+    module = stage_module()
+
+    class Timed(HungarianMatcher):
+        elapsed = 0.0
+
+        def match_layers(self, layers, targets):
+            t0 = time.perf_counter()
+            result = super().match_layers(layers, targets)
+            Timed.elapsed += time.perf_counter() - t0
+            return result
+
+    matcher = Timed(**module["matcher_costs"], focal_alpha=module["focal_alpha"],
+                    focal_gamma=module["focal_gamma"])
+    criterion = SetCriterion(matcher, module["loss_weights"], module["focal_alpha"],
+                             module["focal_gamma"])
+    features = torch.randn(1, 768, 64, 64)
+    targets = [random_targets(args.step_cells, torch.Generator().manual_seed(args.seed))]
+    best = float("inf")
+    for _ in range(2):
+        Timed.elapsed = 0.0
         model.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        out = model(features)
-        losses = criterion(out, targets, num_boxes=float(args.step_cells))
+        losses = criterion(model(features), targets, num_boxes=float(args.step_cells))
         criterion.weighted_total(losses).backward()
-        elapsed = time.perf_counter() - t0
-        if i >= args.warmup:
-            steps.append(elapsed)
-            matched.append(matcher.elapsed)
-    layers = 1 + len(out["aux_outputs"])
-    best = int(np.argmin(steps))
-    return 1e3 * statistics.median(steps), 1e3 * steps[best], 1e3 * matched[best], layers
+        best = min(best, time.perf_counter() - t0 - Timed.elapsed)
+    return 1e3 * best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=3500)
-    parser.add_argument("--cells", type=int, nargs="+", default=[100, 500, 1000])
-    parser.add_argument("--matcher-repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=4, help="images per step for part 2")
-    parser.add_argument("--layers", type=int, default=6, help="decoder layers matched")
-    parser.add_argument("--in-channels", type=int, default=768)
-    parser.add_argument("--size", type=int, default=64, help="feature map side (64 = 1024 px)")
-    parser.add_argument("--step-cells", type=int, default=1000, help="cells in the timed step")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip-step", action="store_true", help="matcher figures only")
+    parser.add_argument("--cells", type=int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--repeats", type=int, default=3, help="best of, per problem")
+    parser.add_argument("--random-problems", type=int, default=6)
+    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--map-size", type=int, default=32, help="feature map side")
+    parser.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench_matcher")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--step-cells", type=int, default=1000)
+    parser.add_argument("--skip-step", action="store_true", help="no model step (part 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for cells in args.cells:  # train (or load) first, so that the timings run undisturbed
+        detector_outputs(cells, args.queries, args.train_steps, args.map_size, args.cache)
 
-    print(
-        f"\n1. Matcher, one image, one decoder layer, {args.queries} queries "
-        f"(median and best of {args.matcher_repeats}):"
-    )
-    print(f"{'cells':>6} {'total ms':>9} {'best ms':>8} {'cost ms':>8} {'assign ms':>10}")
-    per_image = {}
-    for cells in args.cells:
-        total, best, cost, assign = time_matcher(
-            args.queries, cells, args.matcher_repeats, args.seed
-        )
-        per_image[cells] = best
-        print(f"{cells:>6} {total:>9.1f} {best:>8.1f} {cost:>8.1f} {assign:>10.1f}")
+    print(f"\n1. One image and layer, {args.queries} queries, best of {args.repeats} per "
+          "problem; dense = float32 torch costs + linear_sum_assignment (the former matcher)")
+    print(f"{'costs':>9} {'cells':>6} {'probs':>5} {'dense':>8} {'med':>8} {'certif.':>8} "
+          f"{'med':>8} {'speedup':>8} {'proven':>7} {'rounds':>6} {'share':>7} {'max|diff|':>9}")
+    print(f"{'':>9} {'':>6} {'':>5} {'best ms':>8} {'ms':>8} {'best ms':>8} {'ms':>8}")
+    for kind in ("detector", "random"):
+        for cells in args.cells:
+            compare_solvers(kind, cells, args)
 
-    print(
-        f"\n2. Matching {args.layers} layers x {args.batch} images with match_layers "
-        f"(best of {args.matcher_repeats}):"
-    )
-    print(f"{'cells':>6} {'1 thread ms':>12} {'threaded ms':>12}")
+    print(f"\n2. A step's matching: {args.layers} layers x {args.batch} images "
+          "(detector costs), best ms")
+    print(f"{'cells':>6} {'dense':>8} {'certified':>10} {'cert. 2 threads':>16}")
+    step_ms = {}
     for cells in args.cells:
-        common = (args.queries, cells, args.layers, args.batch)
-        repeats = args.matcher_repeats
-        serial = time_step_matching(*common, threads=1, repeats=repeats, seed=args.seed)
-        threaded = time_step_matching(*common, threads=None, repeats=repeats, seed=args.seed)
-        print(f"{cells:>6} {serial:>12.0f} {threaded:>12.0f}")
+        dense = time_step_matching("dense", cells, args, threads=1)
+        cert = time_step_matching("certified", cells, args, threads=1)
+        cert2 = time_step_matching("certified", cells, args, threads=2)
+        step_ms[cells] = (dense, cert)
+        print(f"{cells:>6} {dense:>8.0f} {cert:>10.1f} {cert2:>16.1f}")
     if args.skip_step:
         return
-
-    print(
-        f"\n3. CellFinder step on CPU: forward + losses + backward, features "
-        f"[1, {args.in_channels}, {args.size}, {args.size}], {args.queries} queries, 6+6 layers, "
-        f"{args.step_cells} cells (warm-up {args.warmup}, median of {args.repeats})."
-    )
-    print("   The ViT trunk is NOT included in this step time.")
-    median_ms, step_ms, match_ms, layers = time_step(args)
-    print(f"step_ms            {step_ms:.0f} (best; median {median_ms:.0f})")
-    print(f"matcher_ms         {match_ms:.0f} (in that step: final + {layers - 1} aux layers)")
-    print(f"matcher_ms/step_ms {match_ms / step_ms:.3f}")
-    model_ms = step_ms - match_ms
-    print("\nEstimated share per cell count (model time as measured, matcher = part 1 x layers):")
-    print(f"{'cells':>6} {'matcher ms/step':>16} {'share':>7}")
-    for cells, ms in per_image.items():
-        total = ms * layers  # best per-image figure x layers
-        print(f"{cells:>6} {total:>16.0f} {total / (model_ms + total):>7.3f}")
+    model_ms = args.batch * time_model_step(args)
+    print(f"\nPaper-size CellFinder forward + losses + backward without matching, x batch "
+          f"{args.batch}: {model_ms:.0f} ms (CPU; ViT trunk not included)")
+    print(f"{'cells':>6} {'dense share':>12} {'certified share':>16}")
+    for cells, (dense, cert) in step_ms.items():
+        print(f"{cells:>6} {dense / (model_ms + dense):>12.3f} {cert / (model_ms + cert):>16.3f}")
 
 
 if __name__ == "__main__":

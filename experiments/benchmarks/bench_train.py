@@ -8,6 +8,12 @@ is random images with random cell boxes, so the figure is the model's, not the l
 `--loader` also times the training data loader of the composed data config, and compares
 its photometric augmentation at the model's input size (what the data module does when it
 downsizes) with the same steps at the stored size (the baseline), in the same process.
+`--flops` counts the floating-point operations of one stage-1 step per image with
+`torch.utils.flop_counter` on the meta device (no compute): trunk forward + backward,
+CellFinder forward + backward, and the losses on real predictions; images/s x this count
+against a device's peak gives the model FLOP utilisation. The counter counts matrix
+products and convolutions (the usual MFU convention), not elementwise work, and the
+matching is scipy's, outside torch.
 `--vit-attention` also times a ViT trunk forward + backward with segment-anything's
 attention (`standard`) and with `sdpa` (`cellsam.models.vit_attention`), alternating in the
 same process: the tiny ViT at the model's input size and batch, and ViT-B at
@@ -21,6 +27,9 @@ against the first. Examples:
         --loader
     # ViT attention: standard vs sdpa (tiny and ViT-B trunks, forward + backward)
     .venv/bin/python experiments/benchmarks/bench_train.py --vit-attention --steps 5
+    # FLOPs of the paper-size step per image (seconds on a CPU: nothing is computed)
+    .venv/bin/python experiments/benchmarks/bench_train.py --overrides model=paper \
+        --flops --steps 0 --cells 1000
     # the paper's model (ViT-B at 1024 px, 3500 queries) on a GPU, fp32 then bf16
     .venv/bin/python experiments/benchmarks/bench_train.py --overrides model=paper \
         --device cuda --precision 32 bf16 --batch 2 --cells 100
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import time
 from pathlib import Path
@@ -185,6 +195,49 @@ def time_vit_attention(
     return {kind: sorted(t)[len(t) // 2] for kind, t in times.items()}  # medians
 
 
+def count_step_flops(model, criterion, cells: int) -> dict[str, int]:
+    """FLOPs of one stage-1 step for one image: ``{"trunk", "finder", "losses"}``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(fn) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+        return counter.get_total_flops()
+
+    meta = copy.deepcopy(model).to("meta")
+    size = meta.image_size
+    features = {}
+
+    def trunk() -> None:
+        out = meta.trunk(torch.rand(1, 3, size, size, device="meta"))
+        features["map"] = out.detach()
+        out.backward(torch.ones_like(out))
+
+    def layers_of(out: dict) -> list[dict]:
+        return [out, *out["aux_outputs"]]
+
+    def finder() -> None:
+        layers = layers_of(meta.finder(features["map"].requires_grad_()))
+        outputs = [o[k] for o in layers for k in ("pred_logits", "pred_boxes")]
+        torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
+
+    flops = {"trunk": count(trunk), "finder": count(finder)}
+    # The losses need real values (the matcher runs on them): random predictions on the CPU.
+    g = torch.Generator().manual_seed(0)
+    shapes = layers_of(meta.finder(features["map"]))
+    preds = [{k: torch.rand(o[k].shape, generator=g).requires_grad_()
+              for k in ("pred_logits", "pred_boxes")} for o in shapes]
+    out = {**preds[0], "aux_outputs": preds[1:]}
+    targets = [{"boxes": random_batch(1, 64, cells, g)[1][0]["boxes"]}]
+
+    def losses() -> None:
+        criterion.weighted_total(criterion(out, targets, num_boxes=float(cells))).backward()
+
+    flops["losses"] = count(losses)
+    return flops
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overrides", nargs="*", default=["experiment=quickstart"])
@@ -201,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time ViT trunks with standard vs sdpa attention")
     parser.add_argument("--vit-b-size", type=int, default=256,
                         help="ViT-B input size for --vit-attention")
+    parser.add_argument("--flops", action="store_true",
+                        help="count the FLOPs of one training step per image")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     images, targets = random_batch(batch, size, args.cells, torch.Generator().manual_seed(0))
     run_config = OmegaConf.to_container(cfg, resolve=True)
     baseline = None
-    for precision in args.precision:
+    for precision in args.precision if args.steps else []:  # --steps 0: no timing
         module = build_module(cfg.stage.module, model, run_config)
         seconds, peak = time_steps(
             module, images, targets, device, precision, args.warmup, args.steps
@@ -240,6 +295,13 @@ def main(argv: list[str] | None = None) -> None:
         current, stored = time_loader(cfg, size, args.loader_items)
         print(f"loader (train split, 1 process): {current:.1f} items/s with photometric steps "
               f"at the smaller size, {stored:.1f} at the stored size ({current / stored:.2f}x)")
+    if args.flops:
+        criterion = build_module(cfg.stage.module, model, run_config).criterion
+        flops = count_step_flops(model, criterion, args.cells)
+        parts = ", ".join(f"{k} {v / 1e12:.3f}" for k, v in flops.items())
+        print(f"FLOPs per image of a stage-1 step ({size} px, {queries} queries, {args.cells} "
+              f"cells): {sum(flops.values()) / 1e12:.3f} TFLOP ({parts}); MFU = images/s x "
+              f"{sum(flops.values()) / 1e12:.3f} TFLOP / the device's peak TFLOP/s")
     if args.vit_attention:
         for variant, vit_size, vit_batch in (("tiny", size, batch), ("vit_b", args.vit_b_size, 1)):
             t = time_vit_attention(variant, vit_size, vit_batch, device, args.precision[0],
