@@ -108,9 +108,9 @@ def _far_confident_query() -> BoxMatchingCosts:
 def test_a_failed_certificate_adds_the_pairs_and_solves_again() -> None:
     costs = _far_confident_query()
     # The sparse optimum on overlapping pairs is query 0 for target 0 ...
-    targets, queries = sa._local_pairs(costs)
+    targets, queries = sa._local_pairs(costs, 0)
     assert 1 not in queries[targets == 0]
-    result = solve_certified(costs)
+    result = solve_certified(costs, neighbours=0)
     # ... which the certificate rejects: query 1 (-4 + 5 * 0.1 + 2 * 3/7 = -2.64) wins.
     assert result.certified and result.rounds == 2
     assert result.queries.tolist() == [1, 2]
@@ -119,7 +119,7 @@ def test_a_failed_certificate_adds_the_pairs_and_solves_again() -> None:
 
 def test_out_of_rounds_falls_back_to_the_dense_solver() -> None:
     costs = _far_confident_query()
-    result = solve_certified(costs, max_rounds=1)
+    result = solve_certified(costs, neighbours=0, max_rounds=1)
     assert not result.certified
     assert result.queries.tolist() == [1, 2]
 
@@ -138,17 +138,17 @@ def test_targets_without_overlapping_queries_get_their_nearest() -> None:
     far = np.array([[x, y, 0.02, 0.02] for x in grid for y in grid if abs(x - 0.5) > 0.1])
     qb = np.vstack(([[0.51, 0.5, 0.02, 0.02]], far))
     costs = BoxMatchingCosts(np.zeros(len(qb)), qb, tb, 5.0, 2.0)
-    targets, queries = sa._local_pairs(costs)
+    targets, queries = sa._local_pairs(costs, 0)
     assert targets.tolist() == [0, 1, 2] and queries.tolist() == [0, 0, 0]
     assert sa._solve_sparse(3, len(qb), targets, queries, costs.pairs(queries, targets)) is None
-    result = solve_certified(costs, max_sparse_fraction=10.0)  # tiny: let it finish
+    result = solve_certified(costs, neighbours=0, max_sparse_fraction=10.0)  # tiny: finish
     assert result.certified
     assert _total(costs, result.queries) == pytest.approx(_dense_total(costs), abs=1e-12)
 
 
 def test_duals_are_feasible_and_tight_on_the_sparse_pairs() -> None:
     costs = _detector_like(np.random.default_rng(3), 200, 700)
-    pairs = np.concatenate([np.stack(sa._local_pairs(costs)),
+    pairs = np.concatenate([np.stack(sa._local_pairs(costs, 0)),
                             np.stack(sa._nearest_pairs(costs, 4))], axis=1)
     targets, queries = np.unique(pairs, axis=1)  # sorted by target, no pair twice
     values = costs.pairs(queries, targets)

@@ -149,7 +149,7 @@ def solve_certified(
         costs: the problem; needs ``bbox_weight > 0`` and ``giou_weight >= 0`` for the
             bounds (else the dense problem is solved).
         neighbours: nearest queries (L1 over cxcywh) added for each target beside the
-            overlapping ones, so that the sparse problem has a full matching.
+            overlapping ones (doubled while the sparse problem has no full matching).
         max_rounds: sparse solves before falling back to the dense problem.
         max_sparse_fraction: fall back when the evaluated entries exceed this share of
             ``Q x N`` (then costs are not local and the dense solver is faster).
@@ -166,7 +166,7 @@ def solve_certified(
         return CertifiedAssignment(solve_dense(costs), False, 0, dense_entries)
     for values in (costs.query_cost, costs.query_boxes, costs.target_boxes):
         _check_finite(values)  # before the k-d trees, which would reject them obscurely
-    targets, queries = _local_pairs(costs)
+    targets, queries = _local_pairs(costs, neighbours)
     values = costs.pairs(queries, targets)
     _check_finite(values)
     evaluated = len(values)
@@ -178,8 +178,8 @@ def solve_certified(
         assigned = _solve_sparse(num_targets, num_queries, targets, queries, values)
         if assigned is None:
             # No full matching among these pairs: add each target's nearest queries.
+            neighbours = 2 * max(neighbours, 2)
             add_t, add_q = _nearest_pairs(costs, neighbours)
-            neighbours *= 2
         elif (duals := _duals(num_targets, num_queries, targets, queries, values,
                               assigned)) is None:
             break
@@ -215,10 +215,12 @@ def _overlapping(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.abs(a[:, :2] - b[:, :2]) < reach).all(axis=1)
 
 
-def _local_pairs(costs: BoxMatchingCosts) -> tuple[np.ndarray, np.ndarray]:
-    """Every (target, query) pair whose boxes may overlap, grouped by target: ``(targets
-    [P], queries [P])``. Overlapping centres are closer than half the two sides, so a grid
-    of cells that wide holds each such pair in neighbouring cells."""
+def _local_pairs(costs: BoxMatchingCosts, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (target, query) pair whose boxes may overlap, plus each target's
+    ``neighbours`` nearest queries (L1 over cxcywh; they give targets without a good
+    overlapping query an alternative, which saves a round), grouped by target and no pair
+    twice: ``(targets [P], queries [P])``. Overlapping centres are closer than half the two
+    sides, so a grid of cells that wide holds each such pair in neighbouring cells."""
     qb, tb = costs.query_boxes, costs.target_boxes
     num_queries, num_targets = costs.shape
     target_side = tb[:, 2:].max()
@@ -237,11 +239,14 @@ def _local_pairs(costs: BoxMatchingCosts) -> tuple[np.ndarray, np.ndarray]:
     if huge_idx.size:
         parts_t.append(np.repeat(np.arange(num_targets), huge_idx.size))
         parts_q.append(np.tile(huge_idx, num_targets))
+    if neighbours:
+        t, q = _nearest_pairs(costs, neighbours)
+        new = ~huge[q] & ~_overlapping(qb[q], tb[t])  # the others are listed already
+        parts_t.append(t[new])
+        parts_q.append(q[new])
     targets, queries = np.concatenate(parts_t), np.concatenate(parts_q)
-    if len(parts_t) > 1:  # regroup by target
-        order = np.argsort(targets, kind="stable")
-        targets, queries = targets[order], queries[order]
-    return targets, queries
+    order = np.argsort(targets, kind="stable")
+    return targets[order], queries[order]
 
 
 _MAX_GRID = 128  # cells per side
