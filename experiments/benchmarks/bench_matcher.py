@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--repeats", type=int, default=3, help="best of, per problem")
     parser.add_argument("--random-problems", type=int, default=6)
-    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--map-size", type=int, default=32, help="feature map side")
     parser.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench_matcher")
     parser.add_argument("--batch", type=int, default=4)

@@ -67,7 +67,10 @@ class BoxMatchingCosts:
     def pairs(self, queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """``C[queries[i], targets[i]]`` for index arrays ``[P]`` -> ``[P]``."""
         a, b = self.query_boxes[queries], self.target_boxes[targets]
-        cost = self.query_cost[queries] + self.bbox_weight * np.abs(a - b).sum(axis=1)
+        diff = np.abs(a - b)
+        # Column sums, not .sum(axis=1): numpy's reductions over rows of 4 are slow.
+        l1 = diff[:, 0] + diff[:, 1] + diff[:, 2] + diff[:, 3]
+        cost = self.query_cost[queries] + self.bbox_weight * l1
         if self.giou_weight:
             cost -= self.giou_weight * _paired_giou(a, b)
         return cost
@@ -96,7 +99,7 @@ def _paired_giou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a0, a1 = a[..., i] - half_a[..., i], a[..., i] + half_a[..., i]
         b0, b1 = b[..., i] - half_b[..., i], b[..., i] + half_b[..., i]
         lo, hi = np.maximum(a0, b0), np.minimum(a1, b1)
-        extent.append((np.clip(hi - lo, 0.0, None), np.maximum(a1, b1) - np.minimum(a0, b0)))
+        extent.append((np.maximum(hi - lo, 0.0), np.maximum(a1, b1) - np.minimum(a0, b0)))
     inter = extent[0][0] * extent[1][0]
     union = (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3]) - inter
     enclosing = extent[0][1] * extent[1][1]
@@ -212,7 +215,8 @@ def solve_certified(
 def _overlapping(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Whether cxcywh pairs ``[P, 4] x [P, 4]`` may overlap -> ``[P]`` bool."""
     reach = 0.5 * (a[:, 2:] + b[:, 2:]) + _OVERLAP_MARGIN
-    return (np.abs(a[:, :2] - b[:, :2]) < reach).all(axis=1)
+    return ((np.abs(a[:, 0] - b[:, 0]) < reach[:, 0])
+            & (np.abs(a[:, 1] - b[:, 1]) < reach[:, 1]))
 
 
 def _local_pairs(costs: BoxMatchingCosts, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,7 +299,9 @@ def _grid_neighbours(
 def _nearest_pairs(costs: BoxMatchingCosts, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each target with its ``k`` nearest queries (L1 over cxcywh)."""
     k = min(k, costs.shape[0])
-    _, nearest = cKDTree(costs.query_boxes).query(costs.target_boxes, k=k, p=1)
+    # An unbalanced tree builds twice as fast and queries as fast at these sizes.
+    tree = cKDTree(costs.query_boxes, balanced_tree=False, compact_nodes=False)
+    _, nearest = tree.query(costs.target_boxes, k=k, p=1)
     return (np.repeat(np.arange(costs.shape[1]), k),
             nearest.reshape(-1).astype(np.int64))
 
@@ -447,7 +453,8 @@ def _certificate_violations(
             return None
         i, j = near
         q = band[j]
-        keep = np.abs(qb[q, :2] - tb[suspects[i], :2]).max(axis=1) <= rho[i]
+        tq, r = suspects[i], rho[i]
+        keep = (np.abs(qb[q, 0] - tb[tq, 0]) <= r) & (np.abs(qb[q, 1] - tb[tq, 1]) <= r)
         found_t.append(suspects[i[keep]])
         found_q.append(q[keep])
         total += int(keep.sum())
