@@ -135,3 +135,25 @@ def test_small_problems_skip_the_thread_pool(monkeypatch) -> None:
     assert [len(r) for r, _ in result[2]] == [10, 7]
     with pytest.raises(AssertionError, match="thread pool"):
         HungarianMatcher(num_threads=4, parallel_min_entries=1000).match_layers(layers, targets)
+
+
+def test_certified_and_dense_solvers_give_the_same_total_cost() -> None:
+    g = torch.Generator().manual_seed(7)
+    layers = [_random_outputs(g, 2, 400) for _ in range(2)]
+    offset = torch.tensor([0.3, 0.3, 0.01, 0.01])
+    targets = [{"boxes": torch.rand(n, 4, generator=g) * 0.05 + offset} for n in (60, 0)]
+    certified = HungarianMatcher(solver="certified").match_layers(layers, targets)
+    dense = HungarianMatcher(solver="dense").match_layers(layers, targets)
+    matcher = HungarianMatcher()
+    for layer, a, b in zip(layers, certified, dense):
+        cost = matcher.cost_matrix(layer["pred_logits"][0], layer["pred_boxes"][0],
+                                   targets[0]["boxes"])
+        assert cost[a[0][0], a[0][1]].sum().item() == pytest.approx(
+            cost[b[0][0], b[0][1]].sum().item(), abs=1e-9)
+        assert torch.equal(a[0][0], a[0][0].sort().values)  # queries ascending
+        assert a[1][0].numel() == 0 and b[1][0].numel() == 0
+
+
+def test_unknown_solver_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown matcher solver 'fast'"):
+        HungarianMatcher(solver="fast")
