@@ -8,8 +8,14 @@ Three object-level scores (REFERENCE section 5), each with its own module:
   of splits, merges and catastrophes, quirks included.
 - `coco`: COCO mask / box mAP for one class with up to 10,000 detections per image.
 
+Further families, each equal to its reference: `cellpose_ap` (Cellpose AP@t and AJI),
+`panoptic` (PQ = DQ x SQ), `segmentation_accuracy` (micro-sam's mSA, SA50, SA75).
+
 `matching` holds the shared one-pass overlap computation and the one-to-one matching.
-Pure numpy / scipy / pycocotools: nothing here imports torch.
+The results files: `report` (per-image records, summaries, writers), `per_image` (one row
+per image of every metric), `bootstrap` (confidence intervals over images), `names` (table
+headers and definitions), `plots`. Pure numpy / scipy / pycocotools (matplotlib lazily):
+nothing here imports torch.
 """
 
 from .cellpose_ap import (

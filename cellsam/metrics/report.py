@@ -3,15 +3,20 @@
 Shared by the metrics callback (`cellsam.callbacks.segmentation_metrics`) and `eval.py`:
 
 1. `image_record(...)` turns one (true, predicted) label-image pair into a small picklable
-   dict of counts (F1 at IoU 0.5, DeepCell counts) and, for COCO, compact RLEs. Records are
-   what DDP ranks gather (`cellsam.utils.distributed.gather_records`), so every rank can
-   compute exactly the numbers of a single-process run.
-2. `summarize(records)` -> `{dataset: {SCHEMA_KEYS...}, ..., "all": {...}}`.
-3. `write_results(...)` writes `results.json`, `results.csv`, `results.md`, `results.png`.
+   dict of counts (TP at IoU 0.50..0.95 and at elf's thresholds, DeepCell counts, AJI, the
+   TP IoU sum) and, for COCO, compact RLEs. Records are what DDP ranks gather
+   (`cellsam.utils.distributed.gather_records`), so every rank can compute exactly the
+   numbers of a single-process run.
+2. `summarize(records)` -> `{dataset: {SCHEMA_KEYS...}, ..., "all": {...}}` (flat numbers:
+   the metrics callback logs every key).
+3. `add_intervals(results, records)` adds per dataset the bootstrap intervals (`ci`) of the
+   headline metrics and the IoU-threshold curves (`iou_curve`).
+4. `write_results(...)` writes `results.json`, `results.csv`, `results.md`, `results.png`
+   and, given the records, `results_per_image.csv` and `results_iou.png`.
 
-Metric definitions (REFERENCE section 5) are in `METRIC_DEFINITIONS`; the F1 conventions
-(undefined per-image F1 counts as 0) are those of `cellsam.metrics.f1`. The file writers
-live here too so both callers produce identical files; matplotlib is imported lazily.
+Metric names and definitions are in `names.py`; per-image values in `per_image.py`; the
+F1 conventions (undefined per-image F1 counts as 0) are those of `cellsam.metrics.f1`.
+The file writers live here so that every caller produces identical files.
 """
 
 from __future__ import annotations
@@ -27,17 +32,27 @@ import numpy as np
 
 from cellsam.utils.atomic import atomic_path, atomic_write_text
 
+from . import per_image
+from .bootstrap import headline_intervals
+from .cellpose_ap import aggregated_jaccard_index
 from .coco import ImageDetections, detections_from_label, evaluate_coco, label_to_rles
 from .deepcell import DeepCellCounts, deepcell_counts
-from .f1 import MatchCounts, match_counts
+from .f1 import DEFAULT_THRESHOLDS, MatchCounts, match_counts
 from .matching import compute_overlaps
+from .names import COLUMNS, FAMILY_COLUMNS, INTERVAL_KEYS, METRIC_DEFINITIONS
+from .panoptic import panoptic_quality
 from .paper import PAPER_F1, paper_dataset, paper_f1
+from .plots import bar_chart as _bar_chart
+from .plots import iou_curve_chart
+from .segmentation_accuracy import MSA_THRESHOLDS
 
 __all__ = [
     "COLUMNS",
+    "FAMILY_COLUMNS",
     "METRIC_DEFINITIONS",
     "PAPER_F1",
     "SCHEMA_KEYS",
+    "add_intervals",
     "image_record",
     "markdown_table",
     "paper_dataset",
@@ -52,31 +67,10 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "n_images", "n_cells", "f1_50_mean", "f1_50_pooled", "precision_50", "recall_50",
     "deepcell_f1_60", "deepcell_precision_60", "deepcell_recall_60", "splits", "merges",
     "coco_map", "coco_ap50", "coco_box_map", "coco_box_ap50",
+    "cellpose_ap_50", "cellpose_ap_75", "cellpose_ap_90", "aji", "pq_50", "dq_50", "sq_50",
+    "pq_50_pooled", "msa", "sa50", "sa75",
 )
 EXTRA_KEYS: tuple[str, ...] = ("n_pred_cells", "catastrophes")
-
-METRIC_DEFINITIONS: dict[str, str] = {
-    "n_images": "images evaluated (each once, also under DDP)",
-    "n_cells": "ground-truth cells",
-    "n_pred_cells": "predicted cells",
-    "f1_50_mean": "per-image F1 at IoU 0.5 (one-to-one linear assignment), mean over images; "
-                  "an image with no true and no predicted cell scores 0 (CellSAM release metric)",
-    "f1_50_pooled": "F1 at IoU 0.5 from TP, FP, FN summed over images",
-    "precision_50": "pooled precision at IoU 0.5 = TP / predicted cells",
-    "recall_50": "pooled recall at IoU 0.5 = TP / true cells",
-    "deepcell_f1_60": "DeepCell object F1 (Greenwald et al. 2022; IoU > 0.6, toolbox quirks "
-                      "included), from counts summed over images",
-    "deepcell_precision_60": "DeepCell precision = correct / predicted cells (pooled)",
-    "deepcell_recall_60": "DeepCell recall = correct / true cells (pooled)",
-    "splits": "DeepCell split events (one true cell covered by several predictions), summed",
-    "merges": "DeepCell merge events (several true cells covered by one prediction), summed",
-    "catastrophes": "DeepCell catastrophes (many-to-many groups), summed",
-    "coco_map": "COCO mask mAP over IoU 0.50:0.95, one class, <= 10,000 detections per image, "
-                "each mask ranked by its CellFinder box score",
-    "coco_ap50": "COCO mask AP at IoU 0.5 (same settings)",
-    "coco_box_map": "COCO box mAP over IoU 0.50:0.95 of the predicted cells' tight boxes",
-    "coco_box_ap50": "COCO box AP at IoU 0.5",
-}
 
 # -- per-image records --------------------------------------------------------------------------
 def image_record(
@@ -86,11 +80,13 @@ def image_record(
     y_pred: np.ndarray,
     scores: Sequence[float] | np.ndarray | None = None,
     with_coco: bool = True,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Everything the summaries need from one image, as plain numbers and RLEs.
 
     Args:
         dataset, index: the image's identity (the DDP de-duplication key).
+        name: the image's name in results_per_image.csv (default: its index).
         y_true: true label image `[H, W]` (0 = background).
         y_pred: predicted label image `[H, W]`.
         scores: `[N]` score per predicted object in increasing id order (COCO ranking);
@@ -99,13 +95,22 @@ def image_record(
             bulkiest part of a record).
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    ov = compute_overlaps(y_true, y_pred)  # one pixel pass shared by F1 and DeepCell
-    mc = match_counts(y_true, y_pred, (0.5,), overlaps=ov)[0]
+    ov = compute_overlaps(y_true, y_pred)  # one pixel pass shared by every metric
+    counts = match_counts(y_true, y_pred, DEFAULT_THRESHOLDS, overlaps=ov)
+    mc = counts[0]  # IoU 0.5
     dc = deepcell_counts(y_true, y_pred, overlaps=ov)
     rec: dict[str, Any] = {
         "dataset": str(dataset), "index": int(index), "n_true": mc.n_true,
         "n_pred": mc.n_pred, "tp_50": mc.tp, "f1_50": mc.f1, "deepcell": dc.to_vector(),
+        "tp_iou": [c.tp for c in counts],
+        # elf's np.arange thresholds differ from 0.55.. in the last bits (see
+        # segmentation_accuracy), so micro-sam's SA needs its own counts
+        "sa_tp": [c.tp for c in match_counts(y_true, y_pred, MSA_THRESHOLDS, overlaps=ov)],
+        "aji": aggregated_jaccard_index(y_true, y_pred, overlaps=ov),
+        "iou_sum_50": panoptic_quality(y_true, y_pred, 0.5, overlaps=ov).sum_iou,
     }
+    if name is not None:
+        rec["name"] = str(name)
     if with_coco:
         gt_rles, _, gt_boxes, gt_areas = label_to_rles(y_true)
         sc = np.ones(ov.n_pred) if scores is None else np.asarray(scores, np.float64)
@@ -154,6 +159,7 @@ def _summary(records: Sequence[Mapping[str, Any]], coco: bool, max_dets: int) ->
         "coco_box_ap50": math.nan,
         "n_pred_cells": pooled.n_pred, "catastrophes": dc.catastrophes,
     }
+    out.update(per_image.family_summary(records))
     if coco and n and all("coco" in r for r in records):
         out.update(_coco_metrics(records, max_dets))
     return out
@@ -175,15 +181,45 @@ def summarize(
     Returns:
         `{dataset: {SCHEMA_KEYS + EXTRA_KEYS}, ..., "all": {...}}`.
     """
+    groups = _groups(records, order)
+    names = [n for n in groups if n != "all"]
+    out = {name: _summary(groups[name], coco, max_dets) for name in names}
+    # One dataset: the union is the same set (and COCO is the slow part), so reuse it.
+    out["all"] = dict(out[names[0]]) if len(names) == 1 else _summary(groups["all"], coco,
+                                                                        max_dets)
+    return out
+
+
+def _groups(records: Sequence[Mapping[str, Any]], order: Sequence[str] | None = None
+            ) -> dict[str, list[Mapping[str, Any]]]:
+    """Records per dataset (`order` first, the others alphabetically), then `all`."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
         groups.setdefault(r["dataset"], []).append(r)
     names = [n for n in (order or []) if n in groups]
     names += sorted(set(groups) - set(names))
-    out = {name: _summary(groups[name], coco, max_dets) for name in names}
-    # One dataset: the union is the same set (and COCO is the slow part), so reuse it.
-    out["all"] = dict(out[names[0]]) if len(names) == 1 else _summary(list(records), coco,
-                                                                        max_dets)
+    return {**{n: groups[n] for n in names}, "all": list(records)}
+
+
+def add_intervals(
+    results: Mapping[str, Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """`results` with, per dataset and `all`, `ci`: {headline metric: [low, high]} (the
+    percentile bootstrap over that group's images, `bootstrap.headline_intervals`; left
+    out with `n_boot=0`) and `iou_curve` (`per_image.iou_curve`)."""
+    groups = _groups(records)
+    out: dict[str, dict[str, Any]] = {}
+    for name, metrics in results.items():
+        rows = [per_image.image_metrics(r) for r in groups.get(name, [])]
+        entry = {**metrics, "iou_curve": per_image.iou_curve(rows)}
+        if n_boot > 0:
+            entry["ci"] = {k: list(v) for k, v in
+                           headline_intervals(rows, n_boot, seed, level).items()}
+        out[name] = entry
     return out
 
 
@@ -201,34 +237,27 @@ def _clean(value: Any) -> Any:
     return value
 
 
-#: Markdown / CSV columns: (key, header naming the metric).
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("n_images", "Images"),
-    ("n_cells", "True cells"),
-    ("f1_50_mean", "F1@0.5 per-image mean (ours; CellSAM release metric)"),
-    ("paper_cellsam_f1_50_mean", "F1@0.5 per-image mean, CellSAM {variant} (paper)"),
-    ("paper_cellpose_f1_50_mean", "F1@0.5 per-image mean, Cellpose {variant} (paper)"),
-    ("f1_50_pooled", "F1@0.5 pooled"),
-    ("precision_50", "Precision@0.5 pooled"),
-    ("recall_50", "Recall@0.5 pooled"),
-    ("deepcell_f1_60", "DeepCell F1@0.6"),
-    ("deepcell_precision_60", "DeepCell precision@0.6"),
-    ("deepcell_recall_60", "DeepCell recall@0.6"),
-    ("splits", "DeepCell splits"),
-    ("merges", "DeepCell merges"),
-    ("coco_map", "COCO mask mAP@[.5:.95]"),
-    ("coco_ap50", "COCO mask AP50"),
-    ("coco_box_map", "COCO box mAP@[.5:.95]"),
-    ("coco_box_ap50", "COCO box AP50"),
-)
-
-
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, interval: Sequence[float | None] | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return f"{float(value):.3f}"
+    text = f"{float(value):.3f}"
+    if interval is not None and all(v is not None and not math.isnan(v) for v in interval):
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
+
+
+def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str]],
+           names: Sequence[str]) -> list[str]:
+    """Markdown lines of one table; a metric with a `ci` entry shows `value [low, high]`."""
+    lines = ["| " + " | ".join(["Dataset", *(h for _, h in cols)]) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    for row, name in zip(rows, names):
+        ci = row.get("ci") or {}
+        lines.append("| " + " | ".join([name] + [_fmt(row.get(k), ci.get(k)) for k, _ in cols])
+                     + " |")
+    return lines
 
 
 def _rows(results: Mapping[str, Mapping[str, Any]], variant: str, compare: bool
@@ -250,67 +279,42 @@ def markdown_table(
     variant: str = "generalist",
     compare: bool = True,
     title: str | None = None,
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> str:
-    """A Markdown table like the paper's: one row per dataset (`all` last when there are
-    several), our metrics with the paper's per-image mean F1@0.5 beside them."""
+    """Markdown tables: the paper's metrics (one row per dataset, `all` last when there are
+    several, the paper's per-image mean F1@0.5 beside ours), then the other tools' metric
+    families; `value [low, high]` where `results` carry bootstrap intervals (`bootstrap`:
+    their settings, for the note)."""
     rows = _rows(results, variant, compare)
     if len(rows) == 2:  # one dataset: its "all" row repeats it
         rows = rows[:1]
-    cols = [(k, h) for k, h in COLUMNS if compare or not k.startswith("paper_")]
-    head = ["Dataset"] + [h.format(variant=variant) for _, h in cols]
+    names = [r["dataset"] + (f" ({r['paper_variant']})" if compare and r.get("paper_variant")
+                             not in (None, variant) else "") for r in rows]
+    cols = [(k, h.format(variant=variant)) for k, h in COLUMNS
+            if compare or not k.startswith("paper_")]
     lines = [f"### {title}", ""] if title else []
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        name = row["dataset"]
-        if compare and row.get("paper_variant") not in (None, variant):
-            name += f" ({row['paper_variant']})"
-        lines.append("| " + " | ".join([name] + [_fmt(row.get(k)) for k, _ in cols]) + " |")
+    lines += _table(rows, cols, names)
+    if any(k in r for r in rows for k, _ in FAMILY_COLUMNS):
+        lines += ["", "Other metric families (definitions: README, Metrics):", ""]
+        lines += _table(rows, FAMILY_COLUMNS, names)
     if compare:
         lines += ["", f"Paper columns: per-image mean F1 at IoU 0.5 of the {variant} models from "
                   "the authors' released evaluation results (LIVECell: zero-shot); n/a where "
                   "the paper has no such dataset. Our F1@0.5 column uses the same definition."]
+    if any(r.get("ci") for r in rows):
+        b = dict(bootstrap or {})
+        lines += ["", f"[low, high]: {100 * float(b.get('level', 0.95)):g} % bootstrap interval "
+                  f"over images (percentile method, {b.get('n', '?')} resamples, seed "
+                  f"{b.get('seed', '?')})."]
     return "\n".join(lines) + "\n"
-
-
-def _bar_chart(path: Path, rows: list[dict[str, Any]], variant: str, compare: bool) -> None:
-    """Grouped bars of per-image mean F1@0.5 per dataset: ours, then the paper's."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = [r for r in rows if r["dataset"] != "all"] or rows
-    series = [("ours", "f1_50_mean", "#1f77b4")]
-    if compare:
-        series += [(f"CellSAM {variant} (paper)", "paper_cellsam_f1_50_mean", "#ff7f0e"),
-                   (f"Cellpose {variant} (paper)", "paper_cellpose_f1_50_mean", "#7f7f7f")]
-    x = np.arange(len(rows))
-    width = 0.8 / len(series)
-    fig = Figure(figsize=(max(6.0, 1.2 * len(rows) + 2), 4.5))  # Agg canvas: no GUI backend
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for k, (label, key, color) in enumerate(series):
-        vals = np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows])
-        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(vals), width,
-                      label=label, color=color)
-        ax.bar_label(bars, ["" if np.isnan(v) else f"{v:.2f}" for v in vals], fontsize=6)
-    ticks = [r["dataset"] + (f"\n({r['paper_variant']})" if compare and r.get("paper_variant")
-                             not in (None, variant) else "") for r in rows]
-    ax.set_xticks(x, ticks, rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("F1 at IoU 0.5 (per-image mean)")
-    ax.set_title("Per-image mean F1@0.5 per dataset")
-    # Legend above the axes: inside, it would hide bars near 1.0.
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=len(series),
-              fontsize="small", frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def results_title(meta: dict[str, Any] | None) -> str | None:
     """Table title from run metadata: checkpoint, split, preset and any changed settings."""
     if not meta:
         return None
-    title = " ".join(f"{k}={meta[k]}" for k in ("checkpoint", "split", "inference_preset")
-                     if k in meta)
+    title = " ".join(f"{k}={meta[k]}" for k in ("checkpoint", "predictions", "ground_truth",
+                                                "split", "inference_preset") if k in meta)
     changes = meta.get("inference_changes")
     if changes:
         title += " (changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()) + ")"
@@ -326,11 +330,15 @@ def write_results(
     meta: Mapping[str, Any] | None = None,
     variant: str = "generalist",
     compare: bool = True,
+    records: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write `results.{json,csv,md,png}` into `output_dir`; returns their paths by suffix.
+    """Write `results.{json,csv,md,png}` into `output_dir`, and with `records` also
+    `results_per_image.csv` (`per_image.PER_IMAGE_FIELDS`, one row per record) and
+    `results_iou.png`; returns their paths (keys json, csv, md, png, per_image, iou).
 
-    results.json: `{<dataset>: {SCHEMA_KEYS...}, ..., "all": {...}, "meta": {...}}` with NaN
-    written as null; `meta` also holds the paper's numbers shown and `METRIC_DEFINITIONS`.
+    results.json: `{<dataset>: {SCHEMA_KEYS..., ci, iou_curve}, ..., "all": {...},
+    "meta": {...}}` with NaN written as null; `meta` also holds the paper's numbers shown
+    and `METRIC_DEFINITIONS`. results.csv has `<metric>_ci_low` / `_ci_high` columns.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -345,13 +353,27 @@ def write_results(
     payload = {**{k: dict(v) for k, v in results.items()}, "meta": full_meta}
     # Each file under a temporary name, renamed when complete (never a half-written table).
     atomic_write_text(paths["json"], json.dumps(_clean(payload), indent=2) + "\n")
+    bounds = [f"{k}_ci_{end}" for k in INTERVAL_KEYS for end in ("low", "high")]
     fields = ["dataset", *SCHEMA_KEYS, *EXTRA_KEYS, "paper_dataset", "paper_variant",
-              "paper_cellsam_f1_50_mean", "paper_cellpose_f1_50_mean"]
+              "paper_cellsam_f1_50_mean", "paper_cellpose_f1_50_mean", *bounds]
+    for r in rows:
+        for k, (lo, hi) in (r.get("ci") or {}).items():
+            r[f"{k}_ci_low"], r[f"{k}_ci_high"] = lo, hi
     with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([_clean(r) for r in rows])
-    atomic_write_text(paths["md"], markdown_table(results, variant, compare, results_title(meta)))
+    atomic_write_text(paths["md"], markdown_table(results, variant, compare, results_title(meta),
+                                                  (meta or {}).get("bootstrap")))
     with atomic_path(paths["png"]) as tmp:
         _bar_chart(tmp, rows, variant, compare)
+    if records is not None:
+        paths["per_image"] = per_image.write_per_image_csv(
+            out / "results_per_image.csv", [per_image.image_metrics(r) for r in records])
+        groups = _groups(records)
+        curves = {name: dict(results[name].get("iou_curve") or per_image.iou_curve(
+            [per_image.image_metrics(r) for r in groups.get(name, [])])) for name in results}
+        paths["iou"] = out / "results_iou.png"
+        with atomic_path(paths["iou"]) as tmp:
+            iou_curve_chart(tmp, curves)
     return paths

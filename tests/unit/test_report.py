@@ -123,8 +123,9 @@ def test_writers(tmp_path):
     assert [r["dataset"] for r in rows] == ["deepbacs", "synthetic", "all"]
     assert rows[0]["paper_cellpose_f1_50_mean"] == "0.912"
     md = paths["md"].read_text()
-    for header in ("F1@0.5 per-image mean (ours", "CellSAM generalist (paper)", "DeepCell F1@0.6",
-                   "COCO mask mAP", "COCO box AP50", "released evaluation"):
+    for header in ("F1@0.5 (CellSAM), per-image mean (ours)", "CellSAM generalist (paper)",
+                   "DeepCell F1@0.6", "COCO mask mAP@[.5:.95]", "COCO box AP@0.5",
+                   "AP@0.5 (Cellpose)", "PQ@0.5", "mSA (micro-sam)", "released evaluation"):
         assert header in md
     assert "| deepbacs | 4 | 5 |" in md and "0.931" in md and "| all |" in md
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
