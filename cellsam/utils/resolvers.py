@@ -27,10 +27,14 @@ def run_id() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f") + f"_{os.getpid()}"
 
 
-def folder_name(choice: object, datasets: object = None, inputs: object = None) -> str:
+def folder_name(choice: object, datasets: object = None, inputs: object = None,
+                predictions: object = None) -> str:
     """The data choice as a folder name. `data=[a,b]` (which Hydra records as no single
     choice) gives the dataset names joined: `a+b`. Without data (`predict.py`) the
-    `input` names the folder: its folder (for a folder or a glob) or file stem."""
+    `input` names the folder: its folder (for a folder or a glob) or file stem. Scoring a
+    folder of label images (`eval.py pred_dir=...`) is named after that folder."""
+    if predictions:
+        return input_name(str(predictions))
     if isinstance(choice, str):
         return choice.replace("/", "-")
     if datasets:

@@ -102,6 +102,16 @@ def test_predict_and_eval_run_dirs(spec, folder):
     assert "/eval/synthetic/" in out["hydra"]["run"]["dir"] and "stage" not in out
 
 
+def test_folder_scoring_runs_are_named_after_the_predictions():
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = _compose("eval", ["pred_dir=/x/cellpose_out/", "gt_dir=/y/labels"])
+    HydraConfig.instance().set_config(cfg)
+    assert "/eval/cellpose_out/" in cfg.hydra.run.dir  # not the unused default data's name
+    assert OmegaConf.is_missing(cfg, "ckpt")  # not needed in this mode
+    assert OmegaConf.to_container(cfg.bootstrap) == {"n": 2000, "seed": 0, "level": 0.95}
+
+
 def test_slurm_run_id(monkeypatch):
     from cellsam.utils import resolvers
 

@@ -8,6 +8,7 @@ a user would. Both must write results.json / .csv / .md / .png in the results.js
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -52,8 +53,18 @@ def check_results(folder: Path, datasets: list[str]) -> dict:
     assert results["meta"]["split"] == "test"
     header = (folder / "results.csv").read_text().splitlines()[0].split(",")
     assert set(SCHEMA_KEYS) <= set(header)
-    assert "F1@0.5 per-image mean" in (folder / "results.md").read_text()
+    assert "F1@0.5 (CellSAM), per-image mean" in (folder / "results.md").read_text()
     assert (folder / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # per image: one row per test image, named as in the split's coco.json
+    rows = list(csv.DictReader((folder / "results_per_image.csv").open()))
+    assert len(rows) == 5 and all(r["name"].startswith("test_") for r in rows)
+    f1 = [float(r["f1_50"]) for r in rows]
+    assert sum(f1) / 5 == pytest.approx(results["all"]["f1_50_mean"], abs=1e-12)
+    assert sum(int(r["n_true"]) for r in rows) == results["all"]["n_cells"]
+    lo, hi = results["all"]["ci"]["f1_50_mean"]
+    assert lo <= results["all"]["f1_50_mean"] <= hi
+    assert len(results["all"]["iou_curve"]["cellpose_ap"]) == 10
+    assert (folder / "results_iou.png").read_bytes()[:4] == b"\x89PNG"
     return results
 
 
