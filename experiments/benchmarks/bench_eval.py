@@ -2,7 +2,8 @@
 
 For N dense 512x512 label images (about `--cells` touching cells each, the tessellation
 and perturbation of bench_metrics.py) this times, per image:
-1. `image_record` without COCO (F1@0.5 + DeepCell counts) and with COCO (plus RLEs);
+1. `image_record` without COCO (F1 at 0.5:0.95, DeepCell, Cellpose AP/AJI, PQ, mSA counts)
+   and with COCO (plus RLEs);
 2. the pickled size of a record, i.e. what each image adds to DDP's one all-gather;
 3. `summarize` of the N records (COCO mask + box evaluation included).
 
@@ -50,7 +51,7 @@ def main() -> None:
     t_sum = time.perf_counter() - start
 
     print(f"{args.images} images of 512x512, {n_cells:.0f} true cells each on average")
-    print(f"image_record, F1 + DeepCell:  {1e3 * timings[False]:8.1f} ms/image, "
+    print(f"image_record, no COCO:        {1e3 * timings[False]:8.1f} ms/image, "
           f"{size[False] / 1e3:8.1f} kB pickled")
     print(f"image_record, + COCO RLEs:    {1e3 * timings[True]:8.1f} ms/image, "
           f"{size[True] / 1e3:8.1f} kB pickled")
