@@ -94,6 +94,35 @@ def test_zero_shot_dsb_masks_from_true_boxes(shared_data):
     assert mean >= ZERO_SHOT_IOU_FLOOR
 
 
+def test_every_trainable_parameter_gets_a_gradient():
+    """DDP (without find_unused_parameters) needs a gradient for every trainable parameter:
+    in stage 1 the whole TinyViT trunk and CellFinder, in stage 2 the neck."""
+    from conf_values import stage_module_args
+
+    from cellsam.data.datamodule import collate
+    from cellsam.data.transforms import label_targets
+    from cellsam.systems.finder_module import FinderModule
+    from cellsam.systems.sam_module import SamModule
+
+    items = []
+    for i in range(2):
+        label = torch.zeros(64, 64, dtype=torch.int64)
+        label[5:20, 8:30], label[30 + i:50, 30:44] = 1, 2
+        items.append({"image": torch.rand(3, 64, 64), "label": label, "dataset": "toy",
+                      "index": i, **label_targets(label)})
+    batch = collate(items)
+    counts = {}
+    for stage, cls, args in (("finder", FinderModule, {}), ("sam", SamModule, {"box_jitter": 0})):
+        module = cls(_lite(image_size=64), **stage_module_args(stage, **args))
+        module.log = lambda *a, **k: None
+        module.train()
+        module.training_step(batch, 0).backward()
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        assert [n for n, p in trainable if p.grad is None] == [], stage
+        counts[stage] = len(trainable)
+    assert counts["sam"] == 6  # the neck: two convolutions, two LayerNorm2d
+
+
 def _losses(run_dir: Path, key: str) -> list[float]:
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
     return [float(r[key]) for r in rows if r.get(key)]
