@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from test_report import PAIRS as SCORED_PAIRS
 
 from cellsam.metrics.bootstrap import (
     HEADLINE,
@@ -19,21 +20,9 @@ from cellsam.metrics.bootstrap import (
 from cellsam.metrics.per_image import family_summary, image_metrics, iou_curve
 from cellsam.metrics.report import add_intervals, image_record, summarize
 
-
-def paint(*rects, shape=(32, 32)) -> np.ndarray:
-    lab = np.zeros(shape, np.int64)
-    for i, y0, y1, x0, x1 in rects:
-        lab[y0:y1, x0:x1] = i
-    return lab
-
-
-# hit + false blob + miss; both empty; a cell cut in two halves (IoU 0.5 each); two merged.
-PAIRS = [
-    (paint((1, 0, 8, 0, 8), (2, 20, 28, 20, 28)), paint((5, 0, 8, 0, 8), (7, 10, 14, 0, 4))),
-    (paint(), paint()),
-    (paint((1, 4, 12, 4, 12)), paint((1, 4, 12, 4, 8), (2, 4, 12, 8, 12))),
-    (paint((1, 0, 8, 0, 8), (2, 0, 8, 8, 16)), paint((3, 0, 8, 0, 16))),
-]
+# The scenes of test_report.py (hit + false blob + miss; both empty; a cell cut in two
+# halves, IoU 0.5 each; two merged), without their scores.
+PAIRS = [(true, pred) for true, pred, _ in SCORED_PAIRS]
 
 
 def records():
