@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from cellsam.models.finder import box_pairs as bp
 from cellsam.models.finder import sparse_assignment as sa
 from cellsam.models.finder.sparse_assignment import (
     BoxMatchingCosts,
@@ -108,7 +109,7 @@ def _far_confident_query() -> BoxMatchingCosts:
 def test_a_failed_certificate_adds_the_pairs_and_solves_again() -> None:
     costs = _far_confident_query()
     # The sparse optimum on overlapping pairs is query 0 for target 0 ...
-    targets, queries = sa._local_pairs(costs, 0)
+    targets, queries = bp.local_pairs(costs.query_boxes, costs.target_boxes, 0)
     assert 1 not in queries[targets == 0]
     result = solve_certified(costs, neighbours=0)
     # ... which the certificate rejects: query 1 (-4 + 5 * 0.1 + 2 * 3/7 = -2.64) wins.
@@ -138,7 +139,7 @@ def test_targets_without_overlapping_queries_get_their_nearest() -> None:
     far = np.array([[x, y, 0.02, 0.02] for x in grid for y in grid if abs(x - 0.5) > 0.1])
     qb = np.vstack(([[0.51, 0.5, 0.02, 0.02]], far))
     costs = BoxMatchingCosts(np.zeros(len(qb)), qb, tb, 5.0, 2.0)
-    targets, queries = sa._local_pairs(costs, 0)
+    targets, queries = bp.local_pairs(costs.query_boxes, costs.target_boxes, 0)
     assert targets.tolist() == [0, 1, 2] and queries.tolist() == [0, 0, 0]
     assert sa._solve_sparse(3, len(qb), targets, queries, costs.pairs(queries, targets)) is None
     result = solve_certified(costs, neighbours=0, max_sparse_fraction=10.0)  # tiny: finish
@@ -148,8 +149,9 @@ def test_targets_without_overlapping_queries_get_their_nearest() -> None:
 
 def test_duals_are_feasible_and_tight_on_the_sparse_pairs() -> None:
     costs = _detector_like(np.random.default_rng(3), 200, 700)
-    pairs = np.concatenate([np.stack(sa._local_pairs(costs, 0)),
-                            np.stack(sa._nearest_pairs(costs, 4))], axis=1)
+    boxes = costs.query_boxes, costs.target_boxes
+    pairs = np.concatenate([np.stack(bp.local_pairs(*boxes, 0)),
+                            np.stack(bp.nearest_pairs(*boxes, 4))], axis=1)
     targets, queries = np.unique(pairs, axis=1)  # sorted by target, no pair twice
     values = costs.pairs(queries, targets)
     assigned = sa._solve_sparse(200, 700, targets, queries, values)
@@ -168,7 +170,7 @@ def test_grid_neighbours_hold_every_close_pair() -> None:
     rng = np.random.default_rng(4)
     points, others = rng.random((50, 2)), rng.random((400, 2)) * 1.2 - 0.1
     for reach in (0.001, 0.05, 0.3):
-        i, j = sa._grid_neighbours(points, others, reach)
+        i, j = bp.grid_neighbours(points, others, reach)
         found = set(zip(i.tolist(), j.tolist()))
         assert len(found) == len(i)  # no pair twice
         close = np.abs(points[:, None] - others[None]).max(axis=2) <= reach

@@ -35,11 +35,10 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
+from cellsam.models.finder.box_pairs import grid_neighbours, local_pairs, nearest_pairs
+
 __all__ = ["BoxMatchingCosts", "CertifiedAssignment", "solve_certified", "solve_dense"]
 
-# Pairs closer than this to touching count as overlapping, so that rounding in the
-# xyxy conversion can never give a pair judged disjoint a positive GIoU.
-_OVERLAP_MARGIN = 1e-9
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ def solve_certified(
         return CertifiedAssignment(solve_dense(costs), False, 0, dense_entries)
     for values in (costs.query_cost, costs.query_boxes, costs.target_boxes):
         _check_finite(values)  # before the k-d trees, which would reject them obscurely
-    targets, queries = _local_pairs(costs, neighbours)
+    targets, queries = local_pairs(costs.query_boxes, costs.target_boxes, neighbours)
     values = costs.pairs(queries, targets)
     _check_finite(values)
     evaluated = len(values)
@@ -182,7 +181,7 @@ def solve_certified(
         if assigned is None:
             # No full matching among these pairs: add each target's nearest queries.
             neighbours = 2 * max(neighbours, 2)
-            add_t, add_q = _nearest_pairs(costs, neighbours)
+            add_t, add_q = nearest_pairs(costs.query_boxes, costs.target_boxes, neighbours)
         elif (duals := _duals(num_targets, num_queries, targets, queries, values,
                               assigned)) is None:
             break
@@ -210,100 +209,6 @@ def solve_certified(
         values = np.concatenate((values, add_values))[order]
         evaluated += add_values.size
     return CertifiedAssignment(solve_dense(costs), False, rounds, evaluated + dense_entries)
-
-
-def _overlapping(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Whether cxcywh pairs ``[P, 4] x [P, 4]`` may overlap -> ``[P]`` bool."""
-    reach = 0.5 * (a[:, 2:] + b[:, 2:]) + _OVERLAP_MARGIN
-    return ((np.abs(a[:, 0] - b[:, 0]) < reach[:, 0])
-            & (np.abs(a[:, 1] - b[:, 1]) < reach[:, 1]))
-
-
-def _local_pairs(costs: BoxMatchingCosts, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every (target, query) pair whose boxes may overlap, plus each target's
-    ``neighbours`` nearest queries (L1 over cxcywh; they give targets without a good
-    overlapping query an alternative, which saves a round), grouped by target and no pair
-    twice: ``(targets [P], queries [P])``. Overlapping centres are closer than half the two
-    sides, so a grid of cells that wide holds each such pair in neighbouring cells."""
-    qb, tb = costs.query_boxes, costs.target_boxes
-    num_queries, num_targets = costs.shape
-    target_side = tb[:, 2:].max()
-    # A few huge predicted boxes would widen every cell: pair them with every target.
-    huge = qb[:, 2:].max(axis=1) > 4 * target_side
-    normal = np.flatnonzero(~huge)
-    parts_t, parts_q = [], []
-    if normal.size:
-        reach = 0.5 * (target_side + qb[normal, 2:].max()) + 2 * _OVERLAP_MARGIN
-        t, q = _grid_neighbours(tb[:, :2], qb[normal, :2], reach)
-        q = normal[q]
-        keep = _overlapping(qb[q], tb[t])
-        parts_t.append(t[keep])
-        parts_q.append(q[keep])
-    huge_idx = np.flatnonzero(huge)
-    if huge_idx.size:
-        parts_t.append(np.repeat(np.arange(num_targets), huge_idx.size))
-        parts_q.append(np.tile(huge_idx, num_targets))
-    if neighbours:
-        t, q = _nearest_pairs(costs, neighbours)
-        new = ~huge[q] & ~_overlapping(qb[q], tb[t])  # the others are listed already
-        parts_t.append(t[new])
-        parts_q.append(q[new])
-    targets, queries = np.concatenate(parts_t), np.concatenate(parts_q)
-    order = np.argsort(targets, kind="stable")
-    return targets[order], queries[order]
-
-
-_MAX_GRID = 128  # cells per side
-
-
-def _grid_neighbours(
-    points: np.ndarray, others: np.ndarray, reach: float | np.ndarray, limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Every ``(i, j)`` with ``max |points[i] - others[j]| <= reach[i]`` (and some more, up
-    to a grid cell farther), grouped by ``i``; None when there would be more than
-    ``limit`` pairs. A uniform grid over ``others`` sorted by (column, row) makes each
-    column of a point's square one contiguous slice: no tree to build per image."""
-    reach = np.broadcast_to(np.asarray(reach, dtype=np.float64), (len(points),))
-    lo = np.minimum(points.min(axis=0), others.min(axis=0))
-    extent = (np.maximum(points.max(axis=0), others.max(axis=0)) - lo).max()
-    side = max(reach.min(), extent / _MAX_GRID, 1e-12)
-    cells = int(extent / side) + 1
-
-    def cell_of(xy: np.ndarray) -> np.ndarray:
-        return np.minimum(((xy - lo) / side).astype(np.int64), cells - 1)
-
-    other_cell = cell_of(others)
-    order = np.argsort(other_cell[:, 0] * cells + other_cell[:, 1], kind="stable")
-    count = np.bincount(other_cell[:, 0] * cells + other_cell[:, 1], minlength=cells * cells)
-    first = np.concatenate(([0], np.cumsum(count)))  # others of cell k: first[k]:first[k+1]
-    point_cell = cell_of(points)
-    span = np.ceil(reach / side).astype(np.int64)  # cells each way
-    x_lo = np.maximum(point_cell[:, 0] - span, 0)
-    x_hi = np.minimum(point_cell[:, 0] + span, cells - 1)
-    y_lo = np.maximum(point_cell[:, 1] - span, 0)
-    y_hi = np.minimum(point_cell[:, 1] + span, cells - 1)
-    columns = x_hi - x_lo + 1
-    point = np.repeat(np.arange(len(points)), columns)  # one slice per (point, column)
-    column = np.arange(point.size) - np.repeat(np.cumsum(columns) - columns, columns)
-    column += x_lo[point]
-    begin = first[column * cells + y_lo[point]]
-    n = first[column * cells + y_hi[point] + 1] - begin
-    total = int(n.sum())
-    if limit is not None and total > limit:
-        return None
-    i = np.repeat(point, n)
-    offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
-    return i, order[np.repeat(begin, n) + offset]
-
-
-def _nearest_pairs(costs: BoxMatchingCosts, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each target with its ``k`` nearest queries (L1 over cxcywh)."""
-    k = min(k, costs.shape[0])
-    # An unbalanced tree builds twice as fast and queries as fast at these sizes.
-    tree = cKDTree(costs.query_boxes, balanced_tree=False, compact_nodes=False)
-    _, nearest = tree.query(costs.target_boxes, k=k, p=1)
-    return (np.repeat(np.arange(costs.shape[1]), k),
-            nearest.reshape(-1).astype(np.int64))
 
 
 def _solve_sparse(
@@ -448,7 +353,7 @@ def _certificate_violations(
         d = gap[suspects]
         b = w * half + g - d
         rho = np.maximum((-b + np.sqrt(b * b + 4 * w * half * (g + d))) / (2 * w), half)
-        near = _grid_neighbours(tb[suspects, :2], qb[band, :2], rho, limit - total)
+        near = grid_neighbours(tb[suspects, :2], qb[band, :2], rho, limit - total)
         if near is None:
             return None
         i, j = near
