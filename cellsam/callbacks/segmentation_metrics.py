@@ -42,12 +42,13 @@ def batch_records(predictor: CellSAMPredictor, batch: Mapping[str, Any], with_co
     """Predict a data-module batch and return one `image_record` per image.
 
     batch: `images` `[B, 3, S, S]` in [0, 1] (already normalised by the converter, so no
-    preprocessing here), `labels` `[B, H, W]` int64 at stored resolution, `dataset` `[B]`
-    names, `index` `[B]`. Predictions are made at the labels' resolution.
+    preprocessing here) or cached trunk `features`, `labels` `[B, H, W]` int64 at stored
+    resolution, `dataset` `[B]` names, `index` `[B]`. Predictions are made at the labels'
+    resolution.
     """
     labels = batch["labels"]
     hw = (int(labels.shape[-2]), int(labels.shape[-1]))
-    preds = predictor.predict_batch(batch["images"], size=hw)
+    preds = predictor.predict_batch(batch.get("images"), size=hw, features=batch.get("features"))
     labels_np = labels.detach().cpu().numpy()
     index = np.asarray(batch["index"].cpu() if hasattr(batch["index"], "cpu") else batch["index"])
     return [

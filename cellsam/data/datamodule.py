@@ -72,9 +72,14 @@ class CellSplitDataset(Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images `[B, 3, S, S]` and labels `[B, H, W]`; per-image targets stay a list."""
+    """Stack images `[B, 3, S, S]` (or, from a feature cache, trunk features `features`
+    `[B, C, h, w]`) and labels `[B, H, W]`; per-image targets stay a list."""
+    if "features" in items[0]:
+        inputs = {"features": torch.stack([it["features"] for it in items])}
+    else:
+        inputs = {"images": torch.stack([it["image"] for it in items])}
     return {
-        "images": torch.stack([it["image"] for it in items]),
+        **inputs,
         "labels": torch.stack([it["label"] for it in items]),
         "targets": [
             {"boxes": it["boxes"], "boxes_xyxy": it["boxes_xyxy"], "ids": it["ids"]} for it in items
@@ -174,6 +179,14 @@ class CellDataModule(L.LightningDataModule):
             self.splits["val"] = self._open("val", train=False)
         if stage in (None, "test", "predict"):
             self.splits["test"] = self._open("test", train=False)
+
+    def use_feature_cache(self, split: str, datasets: Mapping[str, Dataset]) -> None:
+        """Replace a split's datasets (by name) with cached-feature ones
+        (`cellsam.data.feature_cache.CachedSplitDataset`, set by the `FeatureCache` callback)."""
+        unknown = sorted(set(datasets) - set(self.splits.get(split, {})))
+        if unknown:
+            raise ValueError(f"feature cache for {unknown}: no such {split} datasets")
+        self.splits[split].update(datasets)
 
     def split_datasets(self, split: str) -> dict[str, CellSplitDataset]:
         if split not in self.splits:

@@ -181,15 +181,26 @@ class CellSAMPredictor:
         boxes = (box_cxcywh_to_xyxy(out["pred_boxes"][i, keep].float()) * size).clamp(0, size)
         return boxes, scores[keep]
 
-    def segment_inputs(self, inputs: Tensor, sizes: Sequence[tuple[int, int]]) -> list[list[Cell]]:
-        """Cells of model inputs `[B, 3, S, S]` (in [0, 1]) at output sizes `(H, W)` each.
+    def segment_inputs(self, inputs: Tensor | None, sizes: Sequence[tuple[int, int]],
+                       features: Tensor | None = None) -> list[list[Cell]]:
+        """Cells of model inputs `[B, 3, S, S]` (in [0, 1]) at output sizes `(H, W)` each;
+        with `features` (the trunk's `[B, C, h, w]`, e.g. from a feature cache) the trunk is
+        skipped and `inputs` may be None (shared trunk only).
 
         Cells are cleaned (holes, islands, min area) and in box-score order, not composed.
         """
+        if features is None and inputs is None:
+            raise ValueError("segment_inputs needs model inputs or trunk features")
+        if features is not None and self.model.finder_encoder is not None:
+            raise ValueError("trunk features alone cannot drive a model with a separate "
+                             "detection trunk (shared_trunk: false); pass the images")
         with torch.inference_mode(), self._autocast():
-            inputs = inputs.to(self.device)
-            features = self.model.trunk(inputs)
-            out = self.model.detect(inputs, features)
+            if features is None:
+                features = self.model.trunk(inputs.to(self.device))
+                out = self.model.detect(inputs.to(self.device), features)
+            else:
+                features = features.to(self.device)
+                out = self.model.finder(features)
             embeddings = self.model.embed(features)
             result = []
             for i, hw in enumerate(sizes):
@@ -233,12 +244,14 @@ class CellSAMPredictor:
             cells = self.segment_prepared([prepared])[0]
         return cells_to_prediction(cells, shape, s.overlap)
 
-    def predict_batch(self, inputs: Tensor, size: tuple[int, int] | None = None
-                      ) -> list[Prediction]:
+    def predict_batch(self, inputs: Tensor | None, size: tuple[int, int] | None = None,
+                      features: Tensor | None = None) -> list[Prediction]:
         """Segment already prepared model inputs `[B, 3, S, S]` in [0, 1] (e.g. a data
-        module's batch); labels come at `size` `(H, W)` (default `S x S`)."""
+        module's batch), or their trunk `features` (see `segment_inputs`); labels come at
+        `size` `(H, W)` (default `S x S`)."""
         hw = size or (self.model.image_size,) * 2
-        cells = self.segment_inputs(inputs, [hw] * inputs.shape[0])
+        n = (inputs if features is None else features).shape[0]
+        cells = self.segment_inputs(inputs, [hw] * n, features)
         return [cells_to_prediction(c, hw, self.settings.overlap) for c in cells]
 
     def predict_many(self, images: Sequence[np.ndarray], batch_size: int = 4,

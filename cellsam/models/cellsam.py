@@ -53,15 +53,20 @@ class CellSAM(nn.Module):
         768 x S/16 x S/16, TinyViT 320 x 64 x 64 at its released input size)."""
         return trunk_features(self.sam.image_encoder, self.normalize(images))
 
+    def detection_features(self, images: Tensor) -> Tensor:
+        """What CellFinder reads: the separate detection trunk's map when there is one, else
+        `trunk(images)`."""
+        if self.finder_encoder is not None:
+            return trunk_features(self.finder_encoder, self.normalize(images))
+        return self.trunk(images)
+
     def detect(self, images: Tensor, features: Tensor | None = None) -> dict[str, Any]:
         """CellFinder outputs for `[B, 3, S, S]` images (see `CellFinder.forward`).
 
         `features` (from `trunk`) is reused when the trunk is shared.
         """
-        if self.finder_encoder is not None:
-            features = trunk_features(self.finder_encoder, self.normalize(images))
-        elif features is None:
-            features = self.trunk(images)
+        if features is None or self.finder_encoder is not None:
+            features = self.detection_features(images)
         return self.finder(features)
 
     def embed(self, features: Tensor) -> Tensor:

@@ -25,8 +25,10 @@ from cellsam.utils.distributed import all_reduce_mean, gather_records
 class FinderModule(CheckpointMetaMixin, L.LightningModule):
     """Owns the detection losses, parameter groups, LR schedule and box-AP validation.
 
-    Only the trunk and CellFinder train; SAM's neck, prompt encoder and mask decoder are
-    frozen (unused in this stage, and DDP needs every trainable parameter to get a gradient).
+    Only the trunk and CellFinder train (CellFinder alone with `freeze_trunk`); SAM's neck,
+    prompt encoder and mask decoder are frozen (unused in this stage, and DDP needs every
+    trainable parameter to get a gradient). Batches hold `images`, or with a frozen trunk
+    and the `FeatureCache` callback, the trunk's `features`.
     """
 
     stage = "finder"
@@ -47,13 +49,14 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         focal_gamma: float,
         aux_layer_matches_per_cell: int = 1,
         iou_aware_class: bool = False,
+        freeze_trunk: bool = False,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "run_config"])
         self.model = model
         self.run_config = dict(run_config or {})
-        freeze_except(model, ["trunk", "finder"])
+        freeze_except(model, ["finder"] if freeze_trunk else ["trunk", "finder"])
         matcher = HungarianMatcher(**dict(matcher_costs), focal_alpha=focal_alpha,
                                    focal_gamma=focal_gamma, solver=matcher_solver)
         self.criterion = SetCriterion(
@@ -68,7 +71,7 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
 
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        outputs = self.model.detect(batch["images"])
+        outputs = self.detect(batch)
         targets = [{"boxes": t["boxes"].to(self.device)} for t in batch["targets"]]
         # DETR normalisation: mean boxes per process over all ranks, so that with DDP's
         # gradient averaging each box weighs the same as in one process on the global batch.
@@ -82,24 +85,38 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         log_step_scalars(self, scalars, len(targets), prog_bar=("train/loss",))
         return total
 
+    def trunk_features(self, images: torch.Tensor) -> torch.Tensor:
+        """What CellFinder reads: `[B, 3, S, S]` -> `[B, C, h, w]` (the detection trunk's
+        map; the feature cache stores these)."""
+        return self.model.detection_features(images)
+
+    def detect(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """CellFinder outputs for a batch of `images` or cached `features`."""
+        if "features" in batch:
+            return self.model.finder(batch["features"])
+        if self.hparams.freeze_trunk:  # no graph through the frozen trunk
+            with torch.no_grad():
+                return self.model.finder(self.trunk_features(batch["images"]))
+        return self.model.detect(batch["images"])
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = [
-            {"params": self.model.part_parameters("trunk"), "lr": hp.lr_trunk, "name": "trunk"},
-            {"params": self.model.part_parameters("finder"), "lr": hp.lr, "name": "finder"},
-        ]
+        groups = [{"params": self.model.part_parameters("finder"), "lr": hp.lr, "name": "finder"}]
+        if not hp.freeze_trunk:
+            groups.insert(0, {"params": self.model.part_parameters("trunk"), "lr": hp.lr_trunk,
+                              "name": "trunk"})
         optimizer = adamw(groups, hp.lr, hp.weight_decay)
         return with_step_decay(optimizer, hp.lr_drop, hp.lr_drop_factor)
 
     # -- validation -----------------------------------------------------------------------
     @torch.no_grad()
     def detections(
-        self, images: torch.Tensor, height: int, width: int
+        self, batch: dict[str, Any], height: int, width: int
     ) -> list[dict[str, torch.Tensor]]:
         """Scored boxes per image: `boxes` `[Q, 4]` xyxy pixels of an `height x width` label,
         `scores` `[Q]` (every query; the evaluators cap at 10,000 per image)."""
-        out = self.model.detect(images)
-        scale = torch.tensor([width, height, width, height], device=images.device)
+        out = self.detect(batch)
+        scale = torch.tensor([width, height, width, height], device=self.device)
         boxes = box_cxcywh_to_xyxy(out["pred_boxes"].float()) * scale
         scores = out["pred_logits"].float().sigmoid()[..., 0]
         return [{"boxes": b.cpu(), "scores": s.cpu()} for b, s in zip(boxes, scores)]
@@ -108,7 +125,7 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         h, w = batch["labels"].shape[-2:]
-        dets = self.detections(batch["images"], h, w)
+        dets = self.detections(batch, h, w)
         for i, det in enumerate(dets):
             self._val_records.append(
                 {

@@ -99,12 +99,19 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         self._val_records: list[dict[str, Any]] = []
 
     # -- shared ---------------------------------------------------------------------------------
-    def embeddings(self, images: Tensor) -> Tensor:
-        """Images `[B, 3, S, S]` -> SAM image embeddings `[B, P, h, w]`; no graph through a
-        frozen trunk (saves the ViT's activations)."""
+    def trunk_features(self, images: Tensor) -> Tensor:
+        """What SAM's neck reads: `[B, 3, S, S]` -> `[B, C, h, w]` (the feature cache stores
+        these when the trunk is frozen)."""
+        return self.model.trunk(images)
+
+    def embeddings(self, batch: dict[str, Any]) -> Tensor:
+        """A batch's `images` `[B, 3, S, S]` (or cached trunk `features`) -> SAM image
+        embeddings `[B, P, h, w]`; no graph through a frozen trunk (saves its activations)."""
+        if "features" in batch:
+            return self.model.embed(batch["features"])
         train_trunk = "trunk" in self.hparams.trainable and self.training
         with torch.set_grad_enabled(train_trunk and torch.is_grad_enabled()):
-            features = self.model.trunk(images)
+            features = self.trunk_features(batch["images"])
         return self.model.embed(features)
 
     def _input_boxes(self, boxes_xyxy: Tensor, label_hw: tuple[int, int]) -> Tensor:
@@ -131,7 +138,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         hp = self.hparams
-        emb = self.embeddings(batch["images"])
+        emb = self.embeddings(batch)
         labels = batch["labels"].to(self.device)
         label_hw = tuple(labels.shape[-2:])
         # The loss runs at the label size by default; `loss_size` trades that for speed.
@@ -198,7 +205,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
                         ) -> None:
-        emb = self.embeddings(batch["images"])
+        emb = self.embeddings(batch)
         labels = batch["labels"].to(self.device)
         for i, target in enumerate(batch["targets"]):
             ids = target["ids"].to(self.device)

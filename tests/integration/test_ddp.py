@@ -111,7 +111,7 @@ def _one_process_box_map(ckpt: Path, data_dir: Path) -> float:
     items = list(dm.split_datasets("val")["synthetic"])
     batch = collate(items)
     h, w = batch["labels"].shape[-2:]
-    dets = module.detections(batch["images"], h, w)
+    dets = module.detections(batch, h, w)
     records = [{"dataset": "synthetic", "index": i, "gt_boxes": t["boxes_xyxy"].numpy(),
                 "boxes": d["boxes"].numpy(), "scores": d["scores"].numpy()}
                for i, (t, d) in enumerate(zip(batch["targets"], dets))]

@@ -168,7 +168,7 @@ def test_sam_module_freezing_loss_and_gradients():
     # cell IoU of the validation path: one value per box, in [0, 1]
     batch = _batch()
     with torch.no_grad():
-        emb = module.embeddings(batch["images"][:1])
+        emb = module.embeddings({"images": batch["images"][:1]})
         gt = batch["labels"][0][None] == batch["targets"][0]["ids"][:, None, None]
         ious = module.cell_ious(emb, batch["targets"][0]["boxes_xyxy"], gt)
     assert ious.shape == (2,) and ((ious >= 0) & (ious <= 1)).all()
