@@ -36,7 +36,9 @@ class ThresholdPredictor:
     """`predict_batch` stand-in: connected components of the whole-cell channel > 0.35,
     scored by their mean intensity (deterministic, imperfect: merges touching cells)."""
 
-    def predict_batch(self, inputs: torch.Tensor, size: tuple[int, int]) -> list[Any]:
+    def predict_batch(self, inputs: torch.Tensor, size: tuple[int, int],
+                      features: torch.Tensor | None = None) -> list[Any]:
+        assert features is None
         out = []
         for image in inputs.cpu().numpy():
             assert image.shape[-2:] == tuple(size)
