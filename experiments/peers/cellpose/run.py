@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probe-batches", type=int, default=2,
                    help="timed training batches after one warm-up (and half as many "
                         "validation batches)")
-    p.add_argument("--safety", type=float, default=0.9,
+    p.add_argument("--safety", type=float, default=0.95,
                    help="fraction of the remaining budget that the planned epochs may fill")
     p.add_argument("--flow-threshold", type=float, default=0.4)
     p.add_argument("--cellprob-threshold", type=float, default=0.0)
@@ -165,14 +165,16 @@ def plan(seconds: float, nimg: int, nval: int, bs: int, t_train: float, t_eval: 
         return {"n_epochs": n_full, "nimg_per_epoch": nimg, "nimg_val_per_epoch": val_for(nimg),
                 "full_epochs": True, "planned_s": cost(n_full, nimg, val_for(nimg))}
     n_ep = min_epochs
-    while True:
-        per_ep = nimg
+    while True:  # whole batches only: a partial last batch costs a full one
+        per_ep = max(bs, nimg - nimg % bs)
         while per_ep > bs and cost(n_ep, per_ep, val_for(per_ep)) > seconds:
             per_ep -= bs
-        per_ep = max(bs, per_ep - per_ep % bs)
         if cost(n_ep, per_ep, val_for(per_ep)) <= seconds or n_ep <= 11:
             break
         n_ep -= 1
+    # the time that whole batches per epoch leave over goes to more epochs of that size
+    while n_ep < max_epochs and cost(n_ep + 1, per_ep, val_for(per_ep)) <= seconds:
+        n_ep += 1
     return {"n_epochs": n_ep, "nimg_per_epoch": per_ep, "nimg_val_per_epoch": val_for(per_ep),
             "full_epochs": False, "planned_s": cost(n_ep, per_ep, val_for(per_ep))}
 
