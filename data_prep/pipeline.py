@@ -16,7 +16,6 @@ so the output bytes do not depend on the number of workers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 import sys
 import time
@@ -31,10 +30,10 @@ import numpy as np
 from skimage.transform import resize
 from tqdm import tqdm
 
-from cellsam.data.format import SPLITS, TILE_SIZE, SplitWriter, write_manifest
+from cellsam.data.format import SPLITS, TILE_SIZE, SplitWriter, image_hash, write_manifest
 from cellsam.preprocess.channels import ChannelMap, place_channels
 from cellsam.preprocess.normalize import normalize_channels
-from cellsam.preprocess.tiling import filter_labels, iter_tiles
+from cellsam.preprocess.tiling import OVERLAP, training_tiles
 from data_prep.common import DatasetInfo, DatasetLayoutError, SourceSample
 from data_prep.splits import assign_splits
 
@@ -52,7 +51,7 @@ class PrepSettings:
     percentile: float = 99.9
     clahe: bool = True
     clahe_kernel: int = 128
-    overlap: float = 0.25
+    overlap: float = OVERLAP
     scale: float = 1.0  # resize factor before normalisation (LIVECell: 2)
     seed: int = 0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -97,36 +96,11 @@ def prepare_tiles(
     if settings.scale != 1.0:
         placed, label = rescale_pair(placed, label, settings.scale)
     norm = normalize_channels(placed, settings.percentile, settings.clahe, settings.clahe_kernel)
-    counts: Counter = Counter()
-    tiled = max(norm.shape[1:]) > TILE_SIZE
-    kept: list[TileItem] = []
-    for t in iter_tiles(norm, label, TILE_SIZE, settings.overlap):
-        counts["tiles_total"] += 1
-        lab, removed = filter_labels(t.label)
-        counts["disjoint_labels"] += removed["disjoint"]
-        counts["thin_labels"] += removed["thin"]
-        if lab.max(initial=0) == 0:
-            counts["tiles_without_labels"] += 1
-            continue
-        if t.image[2].max() <= 0:
-            counts["tiles_blank_image"] += 1
-            continue
-        suffix = f"_y{t.y0}_x{t.x0}" if tiled else ""
-        kept.append((suffix, np.ascontiguousarray(t.image), lab))
-    counts["tiles_written"] += len(kept)
-    return kept, counts
+    return training_tiles(norm, label, TILE_SIZE, settings.overlap)
 
 
 def _job(args: tuple) -> tuple[list[TileItem], Counter]:
     return prepare_tiles(*args)
-
-
-def image_hash(image: np.ndarray) -> str:
-    """Content hash of a source image (shape, dtype and bytes) for duplicate detection."""
-    arr = np.ascontiguousarray(image)
-    h = hashlib.sha1(f"{arr.shape}{arr.dtype.str}".encode())
-    h.update(arr.tobytes())
-    return h.hexdigest()
 
 
 def _ordered_results(

@@ -65,6 +65,15 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def image_hash(image: np.ndarray) -> str:
+    """Content hash of a source image (shape, dtype and bytes): how a dataset recognises the
+    same image again (`data_prep`'s duplicate check, the labelling loop's replace-on-add)."""
+    arr = np.ascontiguousarray(image)
+    h = hashlib.sha1(f"{arr.shape}{arr.dtype.str}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
 class _NpyStreamWriter:
     """Appends equally shaped arrays to a `.npy` file without knowing their count up front.
 

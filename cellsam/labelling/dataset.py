@@ -19,7 +19,6 @@ any error before the swap deletes the new folder and leaves the dataset as it wa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -37,26 +36,16 @@ from cellsam.data.format import (
     SPLITS,
     TILE_SIZE,
     SplitWriter,
+    image_hash,
     open_split,
     read_manifest,
     verify_checksums,
     write_manifest,
 )
-from cellsam.preprocess.tiling import filter_labels, iter_tiles
+from cellsam.preprocess.tiling import OVERLAP, training_tiles
 
 RECORD_KEY = "labelling"
-TILE_OVERLAP = 0.25  # data_prep's default (PrepSettings.overlap)
 SPLIT_FILES = (IMAGES_FILE, LABELS_FILE, COCO_FILE)
-
-
-def image_hash(image: np.ndarray) -> str:
-    """Content hash of a source image: shape, dtype and bytes. The same function as
-    `data_prep.pipeline.image_hash` (a test pins them equal; the package never imports
-    `data_prep`)."""
-    arr = np.ascontiguousarray(image)
-    h = hashlib.sha1(f"{arr.shape}{arr.dtype.str}".encode())
-    h.update(arr.tobytes())
-    return h.hexdigest()
 
 
 @dataclass
@@ -81,23 +70,12 @@ def image_tiles(prepared: np.ndarray, labels: np.ndarray, name: str
     if prepared.ndim != 3 or prepared.shape[0] != 3 or labels.shape != prepared.shape[1:]:
         raise ValueError(f"want image [3, H, W] and labels [H, W], got {prepared.shape} and "
                          f"{labels.shape}")
-    dropped = {"disjoint": 0, "thin": 0, "tiles_without_labels": 0, "tiles_blank_image": 0}
-    tiled = max(prepared.shape[1:]) > TILE_SIZE
-    kept = []
-    for t in iter_tiles(np.asarray(prepared, np.float32), np.asarray(labels), TILE_SIZE,
-                        TILE_OVERLAP):
-        lab, removed = filter_labels(t.label)
-        dropped["disjoint"] += removed["disjoint"]
-        dropped["thin"] += removed["thin"]
-        if lab.max(initial=0) == 0:
-            dropped["tiles_without_labels"] += 1
-            continue
-        if t.image[2].max() <= 0:
-            dropped["tiles_blank_image"] += 1
-            continue
-        suffix = f"_y{t.y0}_x{t.x0}" if tiled else ""
-        kept.append((np.ascontiguousarray(t.image), lab, name + suffix))
-    return kept, dropped
+    tiles, counts = training_tiles(np.asarray(prepared, np.float32), np.asarray(labels),
+                                   TILE_SIZE, OVERLAP)
+    dropped = {"disjoint": counts["disjoint_labels"], "thin": counts["thin_labels"],
+               "tiles_without_labels": counts["tiles_without_labels"],
+               "tiles_blank_image": counts["tiles_blank_image"]}
+    return [(image, lab, name + suffix) for suffix, image, lab in tiles], dropped
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -179,7 +157,7 @@ def add_to_training_set(dataset_dir: str | Path, prepared: np.ndarray, labels: n
             _copy_other(final, tmp, {MANIFEST_FILE, *old_splits})
         record = {**record, "version": 1, "images": images}
         if prep is not None:
-            record["prep"] = {**dict(prep), "tile": TILE_SIZE, "overlap": TILE_OVERLAP}
+            record["prep"] = {**dict(prep), "tile": TILE_SIZE, "overlap": OVERLAP}
         settings[RECORD_KEY] = record
         write_manifest(
             tmp, name=old["name"] if old else final.name,

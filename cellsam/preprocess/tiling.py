@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -125,3 +126,34 @@ def filter_labels(label: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     lut = np.zeros(n_ids, dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[lab], counts
+
+
+def training_tiles(image: np.ndarray, label: np.ndarray, tile: int = TILE,
+                   overlap: float = OVERLAP) -> tuple[list[tuple[str, np.ndarray, np.ndarray]],
+                                                      Counter]:
+    """The tiles of a normalised image `[3, H, W]` and its labels `[H, W]` that a dataset keeps.
+
+    Each tile's labels go through `filter_labels`; a tile left without labels, or whose
+    whole-cell channel is blank, is dropped. Returns `(suffix, image [3, T, T], labels
+    [T, T] int32)` per kept tile (suffix "" for an image that fits one tile, else
+    `_y<y0>_x<x0>`) and the counts `tiles_total`, `disjoint_labels`, `thin_labels`,
+    `tiles_without_labels`, `tiles_blank_image`, `tiles_written`.
+    """
+    counts: Counter = Counter()
+    tiled = max(image.shape[1:]) > tile
+    kept = []
+    for t in iter_tiles(image, label, tile, overlap):
+        counts["tiles_total"] += 1
+        lab, removed = filter_labels(t.label)
+        counts["disjoint_labels"] += removed["disjoint"]
+        counts["thin_labels"] += removed["thin"]
+        if lab.max(initial=0) == 0:
+            counts["tiles_without_labels"] += 1
+            continue
+        if t.image[2].max() <= 0:
+            counts["tiles_blank_image"] += 1
+            continue
+        suffix = f"_y{t.y0}_x{t.x0}" if tiled else ""
+        kept.append((suffix, np.ascontiguousarray(t.image), lab))
+    counts["tiles_written"] += len(kept)
+    return kept, counts
