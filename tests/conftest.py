@@ -21,6 +21,19 @@ def shared_data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def count_calls(monkeypatch, obj, name: str) -> list[int]:
+    """Wrap `obj.name` so that each call adds 1 to the returned one-element counter."""
+    calls = [0]
+    inner = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, counted)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()

@@ -96,7 +96,8 @@ class FinderModule(CheckpointMetaMixin, L.LightningModule):
             return self.model.finder(batch["features"])
         if self.hparams.freeze_trunk:  # no graph through the frozen trunk
             with torch.no_grad():
-                return self.model.finder(self.trunk_features(batch["images"]))
+                features = self.trunk_features(batch["images"])
+            return self.model.finder(features)
         return self.model.detect(batch["images"])
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import count_calls
 from scipy import ndimage
 
 pytestmark = [
@@ -54,14 +55,7 @@ def test_box_prompts_from_true_boxes(shared_data, predictor, monkeypatch):
     from cellsam.labelling import LabellingSession
     from cellsam.ops.masks import label_boxes_xyxy
 
-    calls = [0]
-    trunk = predictor.model.trunk
-
-    def counted(x):
-        calls[0] += 1
-        return trunk(x)
-
-    monkeypatch.setattr(predictor.model, "trunk", counted)
+    calls = count_calls(monkeypatch, predictor.model, "trunk")
     ious = []
     for _, image, label in dsb_images(shared_data / "dsb2018_fixed"):
         session = LabellingSession(predictor, image)

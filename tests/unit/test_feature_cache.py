@@ -132,12 +132,21 @@ def test_losses_with_and_without_the_cache_are_equal(stage, synthetic_dir, tiny_
     for key in ("labels",):
         assert torch.equal(batch[key], reference[key])
     module.train()
-    torch.manual_seed(0)
-    with_cache = module.training_step(batch, 0)
-    torch.manual_seed(0)
-    without = module.training_step(reference, 0)
-    assert with_cache.item() > 0
+    trained = [p for p in module.parameters() if p.requires_grad]
+
+    def loss_and_grads(b):
+        module.zero_grad()
+        torch.manual_seed(0)
+        loss = module.training_step(b, 0)
+        loss.backward()  # both paths must train (a frozen trunk must not freeze the rest)
+        return loss.detach(), [p.grad.clone() for p in trained if p.grad is not None]
+
+    with_cache, grads_cached = loss_and_grads(batch)
+    without, grads = loss_and_grads(reference)
+    assert with_cache.item() > 0 and len(grads) == len(grads_cached) > 0
     torch.testing.assert_close(with_cache, without, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_cached, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # validation reads the stored view
     val = CachedSplitDataset(ds, store, train=False)
     assert all(val[i]["view"] == 0 for i in range(len(val)))

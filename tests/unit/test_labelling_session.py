@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import count_calls
 from fake_checkpoints import write_checkpoint
 
 from cellsam.labelling import LabellingSession
@@ -35,14 +36,7 @@ def image() -> np.ndarray:
 
 def test_segment_all_is_the_predictors_result_and_seeds_the_cache(ckpt, image, monkeypatch):
     s = LabellingSession.from_checkpoint(ckpt, image, device="cpu", **OPEN)
-    calls = [0]
-    trunk = s.model.trunk
-
-    def counted(x):
-        calls[0] += 1
-        return trunk(x)
-
-    monkeypatch.setattr(s.model, "trunk", counted)
+    calls = count_calls(monkeypatch, s.model, "trunk")
     seen = []
     pred = s.segment_all(progress=lambda done, total: seen.append((done, total)))
     ref = s.predictor.predict(image)
