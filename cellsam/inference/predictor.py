@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from cellsam.inference.postprocess import (
     score_threshold,
 )
 from cellsam.inference.settings import InferenceSettings, resolve_settings
-from cellsam.inference.tiled import segment_tiled
+from cellsam.inference.tiled import segment_tiled, tile_windows
 from cellsam.models.cellsam import CellSAM
 from cellsam.ops.boxes import box_cxcywh_to_xyxy
 from cellsam.ops.masks import label_boxes_xyxy
@@ -228,8 +228,13 @@ class CellSAMPredictor:
         """
         return self.predict_prepared(self.prepare(image, channels, channel_axis), tiling)
 
-    def predict_prepared(self, prepared: np.ndarray, tiling: bool | None = None) -> Prediction:
-        """`predict` for an image already through `prepare` (`[3, H, W]` in [0, 1])."""
+    def predict_prepared(self, prepared: np.ndarray, tiling: bool | None = None,
+                         progress: Callable[[int, int], None] | None = None) -> Prediction:
+        """`predict` for an image already through `prepare` (`[3, H, W]` in [0, 1]).
+
+        `progress(tiles done, tiles in all)` is called after each batch of tiles (tiled
+        images only); an exception it raises stops the prediction (a GUI's cancel).
+        """
         shape = prepared.shape[-2:]
         if not prepared.any():
             warnings.warn(f"image of shape {tuple(shape)} has no signal (all zeros or constant):"
@@ -237,7 +242,18 @@ class CellSAMPredictor:
             return Prediction.empty(shape)
         s = self.settings
         if tiling if tiling is not None else self.use_tiling(shape):
-            cells = segment_tiled(prepared, self.segment_prepared, s.tile_size, s.tile_overlap,
+            segment = self.segment_prepared
+            if progress is not None:
+                total = len(tile_windows(shape[0], shape[1], s.tile_size, s.tile_overlap))
+                done = [0]
+
+                def segment(crops: list[np.ndarray]) -> list[list[Cell]]:
+                    out = self.segment_prepared(crops)
+                    done[0] += len(crops)
+                    progress(done[0], total)
+                    return out
+
+            cells = segment_tiled(prepared, segment, s.tile_size, s.tile_overlap,
                                   s.tile_batch_size)
             cells.sort(key=lambda c: -c.score)  # ids by decreasing score, as untiled (stable)
         else:

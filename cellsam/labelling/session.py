@@ -20,7 +20,6 @@ segment it untiled, else the predictor's tiles. Not thread-safe: run one call at
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -33,11 +32,9 @@ from torch import Tensor
 from cellsam.inference.postprocess import Cell
 from cellsam.inference.predictor import (
     CellSAMPredictor,
-    EmptyImageWarning,
     Prediction,
     cells_to_prediction,
 )
-from cellsam.inference.tiled import segment_tiled, tile_windows
 from cellsam.labelling import edits
 from cellsam.labelling.detector import NoDetectorError, has_detector, prompt_only_predictor
 from cellsam.labelling.export import CellInfo, cell_features, labels_to_prediction, save_labels
@@ -166,32 +163,13 @@ class LabellingSession:
             raise NoDetectorError("segment_all needs a CellSAM checkpoint with a trained "
                                   "detector (CellFinder); this session is prompt-only: "
                                   "use box_prompt / point_prompt")
-        p, s, prepared = self.predictor, self.predictor.settings, self.prepared
-        if not prepared.any():
-            warnings.warn("the image has no signal (all zeros or constant): no cells",
-                          EmptyImageWarning, stacklevel=2)
-            pred = Prediction.empty(self.shape)
-        elif p.use_tiling(self.shape):
-            windows = len(tile_windows(self.shape[0], self.shape[1], s.tile_size,
-                                       s.tile_overlap))
-            done = [0]
-
-            def segment(crops: list[np.ndarray]) -> list[list[Cell]]:
-                out = p.segment_prepared(crops)
-                done[0] += len(crops)
-                if progress is not None:
-                    progress(done[0], windows)
-                return out
-
-            cells = segment_tiled(prepared, segment, s.tile_size, s.tile_overlap,
-                                  s.tile_batch_size)
-            cells.sort(key=lambda c: -c.score)
-            pred = cells_to_prediction(cells, self.shape, s.overlap)
-        else:
+        p = self.predictor
+        if p.use_tiling(self.shape) or not self.prepared.any():
+            pred = p.predict_prepared(self.prepared, progress=progress)
+        else:  # untiled: one batch; its trunk pass also seeds the prompts' embedding
             if progress is not None:
                 progress(0, 1)
-            cells = self._segment_whole()
-            pred = cells_to_prediction(cells, self.shape, s.overlap)
+            pred = cells_to_prediction(self._segment_whole(), self.shape, p.settings.overlap)
             if progress is not None:
                 progress(1, 1)
         self.labels = pred.labels.astype(np.int32)
