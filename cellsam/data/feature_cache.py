@@ -11,7 +11,8 @@ A cache folder is named by a key that hashes the trunk's weights and input scali
 dataset split's array checksums, the item indices, the input size, the views and the
 storage dtype, so a cache of other weights or other data is never read: it simply has
 another name. Folders are written under a hidden temporary name and renamed when complete,
-so an interrupted build leaves no cache behind.
+so an interrupted build leaves no cache behind; the temporary folder of a build whose process
+was killed outright (no chance to clean up) is removed by the next build on the same host.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,7 +143,8 @@ def build_feature_store(encode: Callable[[torch.Tensor], torch.Tensor], dataset:
     folder = Path(cache_root) / key
     if (folder / META_FILE).is_file():
         return FeatureStore(folder)
-    tmp = folder.with_name(f".{key}.tmp-{os.getpid()}")
+    remove_dead_builds(Path(cache_root))
+    tmp = folder.with_name(f".{key}.tmp-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -157,6 +160,35 @@ def build_feature_store(encode: Callable[[torch.Tensor], torch.Tensor], dataset:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return FeatureStore(folder)
+
+
+def remove_dead_builds(cache_root: Path) -> list[Path]:
+    """Remove the temporary folders of builds on this host whose process no longer runs
+    (killed by SIGKILL or the OOM killer, so never cleaned); returns what was removed.
+
+    Another host's builds (a shared file system) are left alone: their process ids mean
+    nothing here.
+    """
+    removed = []
+    prefix = f"{socket.gethostname()}-"
+    for path in cache_root.glob(".*.tmp-*") if cache_root.is_dir() else []:
+        owner = path.name.split(".tmp-", 1)[1]
+        if not owner.startswith(prefix) or not owner[len(prefix):].isdigit():
+            continue
+        if not _process_runs(int(owner[len(prefix):])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # runs, under another user
+        return True
+    return True
 
 
 def _write_features(encode, dataset, views, folder: Path, np_dtype, input_size, batch_size,

@@ -150,7 +150,7 @@ class CellSAMPredictor:
         placed = place_channels(np.asarray(image), channels, channel_axis)
         return normalize_channels(placed, s.percentile, s.clahe, s.clahe_kernel)
 
-    def _to_input(self, images: Sequence[np.ndarray]) -> Tensor:
+    def to_input(self, images: Sequence[np.ndarray]) -> Tensor:
         """Prepared images `[3, h, w]` -> model input `[B, 3, S, S]` (bilinear, antialiased,
         as the data module resizes training images)."""
         size = (self.model.image_size,) * 2
@@ -162,7 +162,8 @@ class CellSAMPredictor:
             out.append(t)
         return torch.cat(out)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision every model call of this predictor runs under (bf16 on CUDA if set)."""
         if self.bf16 and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -194,7 +195,7 @@ class CellSAMPredictor:
         if features is not None and self.model.finder_encoder is not None:
             raise ValueError("trunk features alone cannot drive a model with a separate "
                              "detection trunk (shared_trunk: false); pass the images")
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             if features is None:
                 features = self.model.trunk(inputs.to(self.device))
                 out = self.model.detect(inputs.to(self.device), features)
@@ -212,7 +213,7 @@ class CellSAMPredictor:
 
     def segment_prepared(self, images: list[np.ndarray]) -> list[list[Cell]]:
         """Cells of prepared images `[3, h, w]` (see `segment_inputs`), untiled."""
-        return self.segment_inputs(self._to_input(images), [im.shape[-2:] for im in images])
+        return self.segment_inputs(self.to_input(images), [im.shape[-2:] for im in images])
 
     def use_tiling(self, shape: tuple[int, int]) -> bool:
         mode = self.settings.tiling

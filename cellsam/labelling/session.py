@@ -132,8 +132,8 @@ class LabellingSession:
             return self._embeddings[window]
         y0, x0, y1, x1 = window
         # the predictor's own resize to the model input, so prompts see what segment_all sees
-        inputs = self.predictor._to_input([self.prepared[:, y0:y1, x0:x1]])
-        with torch.inference_mode(), self.predictor._autocast():
+        inputs = self.predictor.to_input([self.prepared[:, y0:y1, x0:x1]])
+        with torch.inference_mode(), self.predictor.autocast():
             emb = self.model.embed(self.model.trunk(inputs))
         self._remember(window, emb)
         return emb
@@ -186,8 +186,8 @@ class LabellingSession:
         p = self.predictor
         if self.model.finder_encoder is not None:
             return p.segment_prepared([self.prepared])
-        inputs = p._to_input([self.prepared])
-        with torch.inference_mode(), p._autocast():
+        inputs = p.to_input([self.prepared])
+        with torch.inference_mode(), p.autocast():
             features = self.model.trunk(inputs)
             self._remember((0, 0, *self.shape), self.model.embed(features))
         return p.segment_inputs(None, [self.shape], features=features)[0]
@@ -200,7 +200,7 @@ class LabellingSession:
         window = self.window_for(box)
         emb = self.embedding(window)
         settings = self.predictor.settings
-        with torch.inference_mode(), self.predictor._autocast():
+        with torch.inference_mode(), self.predictor.autocast():
             if settings.decoder == "fast" and settings.mask_margin is not None:
                 up, region, logits, iou = decode_box_fast(self.model, emb, box, window,
                                                           settings.mask_margin)
@@ -248,7 +248,7 @@ class LabellingSession:
         emb = self.embedding(window)
         size = self.model.image_size
         single_click = box is None and previous is None and len(pts) == 1
-        with torch.inference_mode(), self.predictor._autocast():
+        with torch.inference_mode(), self.predictor.autocast():
             logits, iou = decode_prompt(
                 self.model, emb, box=None if box is None else box_to_model(box, window, size),
                 points=points_to_model(pts, window, size), labels=lab, mask_logits=previous,

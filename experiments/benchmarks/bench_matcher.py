@@ -52,6 +52,12 @@ def make_matcher(solver: str, threads: int | None = None) -> HungarianMatcher:
                             num_threads=threads)
 
 
+def make_criterion(matcher: HungarianMatcher, module: dict) -> SetCriterion:
+    return SetCriterion(matcher, module["loss_weights"], module["focal_alpha"],
+                        module["focal_gamma"], module["aux_layer_matches_per_cell"],
+                        module["iou_aware_class"])
+
+
 def random_targets(num_cells: int, g: torch.Generator) -> dict:
     """``{"boxes": [N, 4]}`` cxcywh: centres anywhere, sides 1-5 % of the image (cells)."""
     centres = torch.rand(num_cells, 2, generator=g) * 0.9 + 0.05
@@ -97,8 +103,7 @@ def detector_outputs(cells: int, queries: int, steps: int, size: int, cache: Pat
     torch.manual_seed(0)
     model = CellFinder(4, num_queries=queries).train()
     module = stage_module()
-    criterion = SetCriterion(make_matcher("certified"), module["loss_weights"],
-                             module["focal_alpha"], module["focal_gamma"])
+    criterion = make_criterion(make_matcher("certified"), module)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -214,9 +219,8 @@ def time_model_step(args: argparse.Namespace) -> float:
             return result
 
     matcher = Timed(**module["matcher_costs"], focal_alpha=module["focal_alpha"],
-                    focal_gamma=module["focal_gamma"])
-    criterion = SetCriterion(matcher, module["loss_weights"], module["focal_alpha"],
-                             module["focal_gamma"])
+                    focal_gamma=module["focal_gamma"], solver=module["matcher_solver"])
+    criterion = make_criterion(matcher, module)
     features = torch.randn(1, 768, 64, 64)
     targets = [random_targets(args.step_cells, torch.Generator().manual_seed(args.seed))]
     best = float("inf")

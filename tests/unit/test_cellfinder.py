@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conf_values import make_criterion
 
 from cellsam.models.finder import (
     CellFinder,
-    HungarianMatcher,
     MultiheadRCDA,
-    SetCriterion,
     group_norm_groups,
 )
 from cellsam.models.finder.position import pos2posemb1d, pos2posemb2d
@@ -151,7 +150,7 @@ def test_gradients_reach_features_and_every_parameter() -> None:
     # step 0 (by design); give it weights so every path is exercised.
     torch.nn.init.normal_(model.bbox_embed.layers[-1].weight, std=0.01)
     features = torch.randn(2, 96, 8, 8, requires_grad=True)
-    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    criterion = make_criterion(WEIGHTS)
     out = model(features)
     losses = criterion(out, _targets([5, 0]), num_boxes=5.0)
     criterion.weighted_total(losses).backward()
@@ -165,7 +164,7 @@ def test_gradients_reach_features_and_every_parameter() -> None:
 def test_bf16_autocast_forward_backward() -> None:
     torch.manual_seed(0)
     model = CellFinder(96, **TINY).train()
-    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    criterion = make_criterion(WEIGHTS)
     features = torch.randn(1, 96, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(features)

@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 import torchvision
+from conf_values import make_criterion
 
-from cellsam.models.finder.criterion import SetCriterion
-from cellsam.models.finder.matcher import HungarianMatcher
 from cellsam.models.losses import sigmoid_focal_loss
 
 WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
@@ -41,7 +40,7 @@ def _two_query_case(requires_grad: bool = False) -> tuple[dict, list[dict]]:
 
 def test_losses_two_queries_one_target_by_hand() -> None:
     outputs, targets = _two_query_case()
-    losses = SetCriterion(HungarianMatcher(), WEIGHTS)(outputs, targets, num_boxes=1.0)
+    losses = make_criterion(WEIGHTS)(outputs, targets, num_boxes=1.0)
     assert set(losses) == {"loss_ce", "loss_bbox", "loss_giou"}
     # Query 0 is matched (positive), query 1 is background.
     assert losses["loss_ce"].item() == pytest.approx(_focal_pos(2.0) + _focal_neg(-1.0), rel=1e-5)
@@ -53,7 +52,7 @@ def test_losses_two_queries_one_target_by_hand() -> None:
 
 def test_losses_are_divided_by_num_boxes() -> None:
     outputs, targets = _two_query_case()
-    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    criterion = make_criterion(WEIGHTS)
     one = criterion(outputs, targets, num_boxes=1.0)
     four = criterion(outputs, targets, num_boxes=torch.tensor(4.0))
     for name in one:
@@ -65,7 +64,7 @@ def test_aux_terms_and_weighted_total() -> None:
     # An aux layer whose best query is the other one: matched by its own matching.
     aux = {key: outputs[key].flip(1) for key in ("pred_logits", "pred_boxes")}
     outputs["aux_outputs"] = [aux, aux]
-    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    criterion = make_criterion(WEIGHTS)
     losses = criterion(outputs, targets, num_boxes=1.0)
     assert set(losses) == {f"{n}{s}" for n in WEIGHTS for s in ("", "_0", "_1")}
     for name in WEIGHTS:
@@ -76,20 +75,20 @@ def test_aux_terms_and_weighted_total() -> None:
 
 def test_weighted_total_skips_terms_without_weight() -> None:
     outputs, targets = _two_query_case()
-    criterion = SetCriterion(HungarianMatcher(), {"loss_ce": 2.0})
+    criterion = make_criterion({"loss_ce": 2.0})
     losses = criterion(outputs, targets, num_boxes=1.0)
     assert criterion.weighted_total(losses).item() == pytest.approx(2 * losses["loss_ce"].item())
 
 
 def test_unknown_weight_name_raises() -> None:
     with pytest.raises(ValueError, match="loss_dice"):
-        SetCriterion(HungarianMatcher(), {"loss_dice": 1.0})
+        make_criterion({"loss_dice": 1.0})
 
 
 def test_no_targets_pushes_everything_to_background() -> None:
     outputs, _ = _two_query_case(requires_grad=True)
     empty = [{"boxes": torch.zeros(0, 4)}]
-    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    criterion = make_criterion(WEIGHTS)
     losses = criterion(outputs, empty, num_boxes=1.0)
     assert losses["loss_ce"].item() == pytest.approx(_focal_neg(2.0) + _focal_neg(-1.0), rel=1e-5)
     assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0
@@ -106,7 +105,7 @@ def test_batch_mixing_empty_and_non_empty_images() -> None:
         "pred_logits": outputs["pred_logits"].repeat(2, 1, 1),
         "pred_boxes": outputs["pred_boxes"].repeat(2, 1, 1),
     }
-    losses = SetCriterion(HungarianMatcher(), WEIGHTS)(
+    losses = make_criterion(WEIGHTS)(
         batch, [targets[0], {"boxes": torch.zeros(0, 4)}], num_boxes=1.0
     )
     expected_ce = _focal_pos(2.0) + _focal_neg(-1.0) + _focal_neg(2.0) + _focal_neg(-1.0)
@@ -130,7 +129,7 @@ def test_bf16_inputs_give_float32_losses() -> None:
         "pred_logits": outputs["pred_logits"].bfloat16(),
         "pred_boxes": outputs["pred_boxes"].bfloat16(),
     }
-    losses = SetCriterion(HungarianMatcher(), WEIGHTS)(outputs, targets, num_boxes=1.0)
+    losses = make_criterion(WEIGHTS)(outputs, targets, num_boxes=1.0)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
 
 
@@ -139,7 +138,7 @@ def test_gradcheck_float64() -> None:
     logits = torch.randn(1, 4, 1, generator=g, dtype=torch.float64, requires_grad=True)
     boxes = (torch.rand(1, 4, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2).requires_grad_()
     targets = [{"boxes": torch.rand(2, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2}]
-    criterion = SetCriterion(HungarianMatcher(), WEIGHTS)
+    criterion = make_criterion(WEIGHTS)
 
     def total(lg: torch.Tensor, bx: torch.Tensor) -> torch.Tensor:
         losses = criterion({"pred_logits": lg, "pred_boxes": bx}, targets, num_boxes=2.0)
@@ -189,8 +188,8 @@ _PRE_SPLIT_TERMS_BOTH_AIDS = {  # float32, iou_aware_class, 3 matches per cell o
 def test_equals_the_pre_split_criterion(key: tuple) -> None:
     dtype, iou_aware, k = key
     outputs, targets = _random_case(dtype)
-    criterion = SetCriterion(HungarianMatcher(), WEIGHTS, iou_aware_class=iou_aware,
-                             aux_layer_matches_per_cell=k)
+    criterion = make_criterion(WEIGHTS, iou_aware_class=iou_aware,
+                                aux_layer_matches_per_cell=k)
     losses = criterion(outputs, targets, torch.tensor(17.0 / 3))
     rel = 1e-6 if dtype == torch.float32 else 1e-12
     assert criterion.weighted_total(losses).item() == pytest.approx(_PRE_SPLIT_TOTALS[key],

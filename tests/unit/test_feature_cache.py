@@ -3,6 +3,11 @@ losses equal to those of the uncached path for the same views, in both stages.""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +19,7 @@ from cellsam.data.feature_cache import (
     FeatureStore,
     apply_view,
     build_feature_store,
+    remove_dead_builds,
     trunk_fingerprint,
 )
 from cellsam.data.format import open_split
@@ -92,6 +98,25 @@ def test_an_interrupted_build_leaves_nothing(synthetic_dir, tiny_model, tmp_path
     with pytest.raises(ValueError, match="start with 0"):
         build_feature_store(tiny_model.trunk, ds, [1, 0], tmp_path, fingerprint="f",
                             input_size=512)
+
+
+def test_a_killed_build_is_cleaned_by_the_next(synthetic_dir, tiny_model, tmp_path):
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    killed = tmp_path / f".abc.tmp-{host}-{dead.pid}"
+    running = tmp_path / f".abc.tmp-{host}-{os.getpid()}"
+    elsewhere = tmp_path / f".abc.tmp-other.host-{dead.pid}"
+    for folder in (killed, running, elsewhere):
+        folder.mkdir()
+        (folder / "features.npy").write_bytes(b"partial")
+    assert remove_dead_builds(tmp_path) == [killed]
+    assert not killed.exists() and running.is_dir() and elsewhere.is_dir()
+
+    running.rename(killed)  # a build is what runs the cleaning
+    build_feature_store(tiny_model.trunk, _dataset(synthetic_dir), [0], tmp_path,
+                        fingerprint="f", input_size=512, batch_size=2)
+    assert not killed.exists() and elsewhere.is_dir()
 
 
 def _uncached_batch(ds, items, views):

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conf_values import make_criterion, make_matcher
 
 from cellsam.data.synthetic import generate_sample, render_scaled
 from cellsam.models.finder import CellFinder
 from cellsam.models.finder.anchor_detr import init_anchor_points
-from cellsam.models.finder.criterion import SetCriterion
-from cellsam.models.finder.matcher import HungarianMatcher
 from cellsam.models.finder.rcda import MultiheadRCDA
 from cellsam.models.finder.spatial_prior import AnchorSpatialPrior
 from cellsam.models.finder.training_aids import aux_layer_repeats
@@ -92,7 +91,7 @@ def test_iou_aware_class_target_is_the_box_iou() -> None:
     boxes = torch.tensor([[[0.55, 0.5, 0.2, 0.2], [0.1, 0.1, 0.05, 0.05]]])
     targets = [{"boxes": torch.tensor([[0.45, 0.5, 0.2, 0.2]])}]
     outputs = {"pred_logits": logits, "pred_boxes": boxes, "aux_outputs": []}
-    crit = SetCriterion(HungarianMatcher(), WEIGHTS, iou_aware_class=True)
+    crit = make_criterion(WEIGHTS, iou_aware_class=True)
     loss = crit(outputs, targets, num_boxes=1.0)["loss_ce"]
     q = torch.tensor([[[1 / 3], [0.0]]])
     assert loss.item() == pytest.approx(quality_focal_loss(logits, q, 2.0).sum().item(), rel=1e-5)
@@ -107,25 +106,25 @@ def _grid_outputs(num_queries: int) -> dict:
 
 def test_aux_layers_get_k_matches_per_cell() -> None:
     targets = [{"boxes": torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1]])}]
-    crit = SetCriterion(HungarianMatcher(), WEIGHTS, aux_layer_matches_per_cell=3)
+    crit = make_criterion(WEIGHTS, aux_layer_matches_per_cell=3)
     assert aux_layer_repeats(10, targets, 3) == 3
     assert aux_layer_repeats(5, targets, 3) == 2  # capped: 2 cells x 2 <= 5
     assert aux_layer_repeats(10, [{"boxes": torch.zeros(0, 4)}], 3) == 1
     # Final layer one-to-one: its loss equals the plain criterion's.
-    plain = SetCriterion(HungarianMatcher(), WEIGHTS)(_grid_outputs(10), targets, 2.0)
+    plain = make_criterion(WEIGHTS)(_grid_outputs(10), targets, 2.0)
     o2m = crit(_grid_outputs(10), targets, 2.0)
     for name in WEIGHTS:
         assert o2m[name].item() == pytest.approx(plain[name].item(), rel=1e-6)
     # The aux layer's L1 is the mean over 6 matches (3 per cell), normalised by 2 x 3.
     outputs = _grid_outputs(10)
     aux_targets = [{"boxes": targets[0]["boxes"].repeat(3, 1)}]
-    idx = HungarianMatcher()(outputs["aux_outputs"][0], aux_targets)[0]
+    idx = make_matcher()(outputs["aux_outputs"][0], aux_targets)[0]
     assert len(idx[0]) == 6 and len(set(idx[0].tolist())) == 6
     pred = outputs["aux_outputs"][0]["pred_boxes"][0, idx[0]]
     expected_l1 = (pred - aux_targets[0]["boxes"][idx[1]]).abs().sum() / 6
     assert o2m["loss_bbox_0"].item() == pytest.approx(expected_l1.item(), rel=1e-5)
     with pytest.raises(ValueError, match="aux_layer_matches_per_cell"):
-        SetCriterion(HungarianMatcher(), WEIGHTS, aux_layer_matches_per_cell=0)
+        make_criterion(WEIGHTS, aux_layer_matches_per_cell=0)
 
 
 def test_render_scaled_enlarges_cells() -> None:
@@ -150,7 +149,7 @@ def test_iou_aware_class_on_an_image_without_cells() -> None:
     outputs = {"pred_logits": logits, "pred_boxes": torch.rand(1, 2, 4) * 0.5 + 0.25,
                "aux_outputs": []}
     targets = [{"boxes": torch.zeros(0, 4)}]
-    crit = SetCriterion(HungarianMatcher(), WEIGHTS, iou_aware_class=True)
+    crit = make_criterion(WEIGHTS, iou_aware_class=True)
     losses = crit(outputs, targets, num_boxes=1.0)
     expected = quality_focal_loss(logits, torch.zeros_like(logits), 2.0).sum()
     assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-6)

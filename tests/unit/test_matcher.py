@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-
-from cellsam.models.finder.matcher import HungarianMatcher
+from conf_values import make_matcher
 
 
 def _random_outputs(g: torch.Generator, batch: int, queries: int) -> dict:
@@ -23,7 +22,7 @@ def _random_boxes(g: torch.Generator, n: int) -> torch.Tensor:
 
 
 def test_cost_matrix_entry_by_hand() -> None:
-    matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
+    matcher = make_matcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
     logits = torch.tensor([[1.0]])
     pred = torch.tensor([[0.5, 0.5, 0.2, 0.2]])  # xyxy [0.4, 0.4, 0.6, 0.6]
     target = torch.tensor([[0.55, 0.5, 0.2, 0.2]])  # xyxy [0.45, 0.4, 0.65, 0.6]
@@ -43,7 +42,7 @@ def test_assignment_is_optimal_against_brute_force(seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     queries = 5
     n = seed % queries + 1  # 1..5 targets, including the square case
-    matcher = HungarianMatcher()
+    matcher = make_matcher()
     outputs = _random_outputs(g, 1, queries)
     targets = [{"boxes": _random_boxes(g, n)}]
     ((rows, cols),) = matcher(outputs, targets)
@@ -64,14 +63,14 @@ def test_assignment_is_optimal_against_brute_force(seed: int) -> None:
 
 def test_image_without_cells_gives_empty_indices() -> None:
     g = torch.Generator().manual_seed(1)
-    ((rows, cols),) = HungarianMatcher()(_random_outputs(g, 1, 4), [{"boxes": torch.zeros(0, 4)}])
+    ((rows, cols),) = make_matcher()(_random_outputs(g, 1, 4), [{"boxes": torch.zeros(0, 4)}])
     assert rows.shape == (0,) and cols.shape == (0,)
     assert rows.dtype == torch.int64 and cols.dtype == torch.int64
 
 
 def test_batch_mixing_empty_and_non_empty_images() -> None:
     g = torch.Generator().manual_seed(2)
-    matcher = HungarianMatcher()
+    matcher = make_matcher()
     outputs = _random_outputs(g, 3, 6)
     targets = [
         {"boxes": _random_boxes(g, 3)},
@@ -90,13 +89,13 @@ def test_batch_mixing_empty_and_non_empty_images() -> None:
 def test_more_cells_than_queries_raises() -> None:
     g = torch.Generator().manual_seed(3)
     with pytest.raises(ValueError, match=r"7 cells .* only 4 queries"):
-        HungarianMatcher()(_random_outputs(g, 1, 4), [{"boxes": _random_boxes(g, 7)}])
+        make_matcher()(_random_outputs(g, 1, 4), [{"boxes": _random_boxes(g, 7)}])
 
 
 def test_bf16_outputs_are_matched() -> None:
     g = torch.Generator().manual_seed(4)
     outputs = {k: v.bfloat16() for k, v in _random_outputs(g, 1, 8).items()}
-    ((rows, cols),) = HungarianMatcher()(outputs, [{"boxes": _random_boxes(g, 3)}])
+    ((rows, cols),) = make_matcher()(outputs, [{"boxes": _random_boxes(g, 3)}])
     assert len(rows) == 3
 
 
@@ -105,15 +104,15 @@ def test_nan_predictions_raise_a_clear_error() -> None:
     outputs = _random_outputs(g, 1, 4)
     outputs["pred_boxes"][0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        HungarianMatcher()(outputs, [{"boxes": _random_boxes(g, 2)}])
+        make_matcher()(outputs, [{"boxes": _random_boxes(g, 2)}])
 
 
 def test_match_layers_threaded_equals_per_layer_serial() -> None:
     g = torch.Generator().manual_seed(6)
     layers = [_random_outputs(g, 3, 12) for _ in range(3)]
     targets = [{"boxes": _random_boxes(g, n)} for n in (4, 0, 12)]
-    threaded = HungarianMatcher(num_threads=4, parallel_min_entries=0).match_layers(layers, targets)
-    serial = HungarianMatcher(num_threads=1)
+    threaded = make_matcher(num_threads=4, parallel_min_entries=0).match_layers(layers, targets)
+    serial = make_matcher(num_threads=1)
     assert len(threaded) == 3
     for layer, result in zip(layers, threaded):
         for (r1, c1), (r2, c2) in zip(result, serial(layer, targets)):
@@ -131,10 +130,10 @@ def test_small_problems_skip_the_thread_pool(monkeypatch) -> None:
     g = torch.Generator().manual_seed(7)
     layers = [_random_outputs(g, 2, 100) for _ in range(3)]
     targets = [{"boxes": _random_boxes(g, n)} for n in (10, 7)]
-    result = HungarianMatcher(num_threads=4).match_layers(layers, targets)  # 100 x 10 entries
+    result = make_matcher(num_threads=4).match_layers(layers, targets)  # 100 x 10 entries
     assert [len(r) for r, _ in result[2]] == [10, 7]
     with pytest.raises(AssertionError, match="thread pool"):
-        HungarianMatcher(num_threads=4, parallel_min_entries=1000).match_layers(layers, targets)
+        make_matcher(num_threads=4, parallel_min_entries=1000).match_layers(layers, targets)
 
 
 def test_certified_and_dense_solvers_give_the_same_total_cost() -> None:
@@ -142,9 +141,9 @@ def test_certified_and_dense_solvers_give_the_same_total_cost() -> None:
     layers = [_random_outputs(g, 2, 400) for _ in range(2)]
     offset = torch.tensor([0.3, 0.3, 0.01, 0.01])
     targets = [{"boxes": torch.rand(n, 4, generator=g) * 0.05 + offset} for n in (60, 0)]
-    certified = HungarianMatcher(solver="certified").match_layers(layers, targets)
-    dense = HungarianMatcher(solver="dense").match_layers(layers, targets)
-    matcher = HungarianMatcher()
+    certified = make_matcher(solver="certified").match_layers(layers, targets)
+    dense = make_matcher(solver="dense").match_layers(layers, targets)
+    matcher = make_matcher()
     for layer, a, b in zip(layers, certified, dense):
         cost = matcher.cost_matrix(layer["pred_logits"][0], layer["pred_boxes"][0],
                                    targets[0]["boxes"])
@@ -156,4 +155,4 @@ def test_certified_and_dense_solvers_give_the_same_total_cost() -> None:
 
 def test_unknown_solver_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown matcher solver 'fast'"):
-        HungarianMatcher(solver="fast")
+        make_matcher(solver="fast")

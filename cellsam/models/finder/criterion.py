@@ -43,10 +43,10 @@ class SetCriterion(nn.Module):
         self,
         matcher: HungarianMatcher,
         weight_dict: dict[str, float],
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        aux_layer_matches_per_cell: int = 1,
-        iou_aware_class: bool = False,
+        focal_alpha: float,
+        focal_gamma: float,
+        aux_layer_matches_per_cell: int,
+        iou_aware_class: bool,
     ) -> None:
         super().__init__()
         unknown = set(weight_dict) - set(LOSS_NAMES)

@@ -45,12 +45,13 @@ class HungarianMatcher(nn.Module):
 
     def __init__(
         self,
-        cost_class: float = 2.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        solver: str = "certified",
+        *,
+        cost_class: float,
+        cost_bbox: float,
+        cost_giou: float,
+        focal_alpha: float,
+        focal_gamma: float,
+        solver: str,
         num_threads: int | None = None,
         parallel_min_entries: int = 50_000,
     ) -> None:
