@@ -18,29 +18,21 @@ def stage_module_args(stage: str, **overrides) -> dict:
     return {**args, **overrides}
 
 
-def matcher_args(**overrides) -> dict:
-    """`HungarianMatcher`'s arguments as `conf/stage/finder.yaml` sets them."""
-    m = stage_module_args("finder")
-    return {**m["matcher_costs"], "focal_alpha": m["focal_alpha"],
-            "focal_gamma": m["focal_gamma"], "solver": m["matcher_solver"], **overrides}
-
-
-def criterion_args(**overrides) -> dict:
-    """`SetCriterion`'s arguments after the matcher and loss weights, as in finder.yaml."""
-    m = stage_module_args("finder")
-    keys = ("focal_alpha", "focal_gamma", "aux_layer_matches_per_cell", "iou_aware_class")
-    return {**{k: m[k] for k in keys}, **overrides}
-
-
 def make_matcher(**overrides):
+    """`HungarianMatcher` as `conf/stage/finder.yaml` sets it, `overrides` on top."""
     from cellsam.models.finder.matcher import HungarianMatcher
-    return HungarianMatcher(**matcher_args(**overrides))
+    m = stage_module_args("finder")
+    return HungarianMatcher(**{**m["matcher_costs"], "focal_alpha": m["focal_alpha"],
+                               "focal_gamma": m["focal_gamma"], "solver": m["matcher_solver"],
+                               **overrides})
 
 
 def make_criterion(weight_dict: dict, **overrides):
     """`SetCriterion` with finder.yaml's matcher and settings (`overrides` on the latter)."""
     from cellsam.models.finder.criterion import SetCriterion
-    return SetCriterion(make_matcher(), weight_dict, **criterion_args(**overrides))
+    m = stage_module_args("finder")
+    keys = ("focal_alpha", "focal_gamma", "aux_layer_matches_per_cell", "iou_aware_class")
+    return SetCriterion(make_matcher(), weight_dict, **{**{k: m[k] for k in keys}, **overrides})
 
 
 def augment_block(**overrides) -> dict:

@@ -40,6 +40,7 @@ CACHE_VERSION = 1
 FEATURES_FILE, META_FILE = "features.npy", "meta.json"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 NUM_VIEWS = 8
+TMP_MARK = ".tmp-"  # .<key>.tmp-<host>-<pid>: a build in progress (or killed)
 
 
 def apply_view(x: torch.Tensor, view: int) -> torch.Tensor:
@@ -144,7 +145,7 @@ def build_feature_store(encode: Callable[[torch.Tensor], torch.Tensor], dataset:
     if (folder / META_FILE).is_file():
         return FeatureStore(folder)
     remove_dead_builds(Path(cache_root))
-    tmp = folder.with_name(f".{key}.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp = folder.with_name(f".{key}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -170,12 +171,9 @@ def remove_dead_builds(cache_root: Path) -> list[Path]:
     nothing here.
     """
     removed = []
-    prefix = f"{socket.gethostname()}-"
-    for path in cache_root.glob(".*.tmp-*") if cache_root.is_dir() else []:
-        owner = path.name.split(".tmp-", 1)[1]
-        if not owner.startswith(prefix) or not owner[len(prefix):].isdigit():
-            continue
-        if not _process_runs(int(owner[len(prefix):])):
+    for path in cache_root.glob(f".*{TMP_MARK}*") if cache_root.is_dir() else []:
+        host, _, pid = path.name.split(TMP_MARK, 1)[1].rpartition("-")
+        if host == socket.gethostname() and pid.isdigit() and not _process_runs(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -186,8 +184,8 @@ def _process_runs(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # runs, under another user
-        return True
+    except PermissionError:  # it runs, under another user
+        pass
     return True
 
 

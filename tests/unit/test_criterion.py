@@ -14,6 +14,12 @@ from cellsam.models.losses import sigmoid_focal_loss
 WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
+def _criterion(weights: dict, **settings):
+    """The criterion at the focal settings the hand computations below use (alpha 0.25,
+    gamma 2), whatever finder.yaml says."""
+    return make_criterion(weights, focal_alpha=0.25, focal_gamma=2.0, **settings)
+
+
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
@@ -40,7 +46,7 @@ def _two_query_case(requires_grad: bool = False) -> tuple[dict, list[dict]]:
 
 def test_losses_two_queries_one_target_by_hand() -> None:
     outputs, targets = _two_query_case()
-    losses = make_criterion(WEIGHTS)(outputs, targets, num_boxes=1.0)
+    losses = _criterion(WEIGHTS)(outputs, targets, num_boxes=1.0)
     assert set(losses) == {"loss_ce", "loss_bbox", "loss_giou"}
     # Query 0 is matched (positive), query 1 is background.
     assert losses["loss_ce"].item() == pytest.approx(_focal_pos(2.0) + _focal_neg(-1.0), rel=1e-5)
@@ -52,7 +58,7 @@ def test_losses_two_queries_one_target_by_hand() -> None:
 
 def test_losses_are_divided_by_num_boxes() -> None:
     outputs, targets = _two_query_case()
-    criterion = make_criterion(WEIGHTS)
+    criterion = _criterion(WEIGHTS)
     one = criterion(outputs, targets, num_boxes=1.0)
     four = criterion(outputs, targets, num_boxes=torch.tensor(4.0))
     for name in one:
@@ -64,7 +70,7 @@ def test_aux_terms_and_weighted_total() -> None:
     # An aux layer whose best query is the other one: matched by its own matching.
     aux = {key: outputs[key].flip(1) for key in ("pred_logits", "pred_boxes")}
     outputs["aux_outputs"] = [aux, aux]
-    criterion = make_criterion(WEIGHTS)
+    criterion = _criterion(WEIGHTS)
     losses = criterion(outputs, targets, num_boxes=1.0)
     assert set(losses) == {f"{n}{s}" for n in WEIGHTS for s in ("", "_0", "_1")}
     for name in WEIGHTS:
@@ -75,20 +81,20 @@ def test_aux_terms_and_weighted_total() -> None:
 
 def test_weighted_total_skips_terms_without_weight() -> None:
     outputs, targets = _two_query_case()
-    criterion = make_criterion({"loss_ce": 2.0})
+    criterion = _criterion({"loss_ce": 2.0})
     losses = criterion(outputs, targets, num_boxes=1.0)
     assert criterion.weighted_total(losses).item() == pytest.approx(2 * losses["loss_ce"].item())
 
 
 def test_unknown_weight_name_raises() -> None:
     with pytest.raises(ValueError, match="loss_dice"):
-        make_criterion({"loss_dice": 1.0})
+        _criterion({"loss_dice": 1.0})
 
 
 def test_no_targets_pushes_everything_to_background() -> None:
     outputs, _ = _two_query_case(requires_grad=True)
     empty = [{"boxes": torch.zeros(0, 4)}]
-    criterion = make_criterion(WEIGHTS)
+    criterion = _criterion(WEIGHTS)
     losses = criterion(outputs, empty, num_boxes=1.0)
     assert losses["loss_ce"].item() == pytest.approx(_focal_neg(2.0) + _focal_neg(-1.0), rel=1e-5)
     assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0
@@ -105,7 +111,7 @@ def test_batch_mixing_empty_and_non_empty_images() -> None:
         "pred_logits": outputs["pred_logits"].repeat(2, 1, 1),
         "pred_boxes": outputs["pred_boxes"].repeat(2, 1, 1),
     }
-    losses = make_criterion(WEIGHTS)(
+    losses = _criterion(WEIGHTS)(
         batch, [targets[0], {"boxes": torch.zeros(0, 4)}], num_boxes=1.0
     )
     expected_ce = _focal_pos(2.0) + _focal_neg(-1.0) + _focal_neg(2.0) + _focal_neg(-1.0)
@@ -129,7 +135,7 @@ def test_bf16_inputs_give_float32_losses() -> None:
         "pred_logits": outputs["pred_logits"].bfloat16(),
         "pred_boxes": outputs["pred_boxes"].bfloat16(),
     }
-    losses = make_criterion(WEIGHTS)(outputs, targets, num_boxes=1.0)
+    losses = _criterion(WEIGHTS)(outputs, targets, num_boxes=1.0)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
 
 
@@ -138,7 +144,7 @@ def test_gradcheck_float64() -> None:
     logits = torch.randn(1, 4, 1, generator=g, dtype=torch.float64, requires_grad=True)
     boxes = (torch.rand(1, 4, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2).requires_grad_()
     targets = [{"boxes": torch.rand(2, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2}]
-    criterion = make_criterion(WEIGHTS)
+    criterion = _criterion(WEIGHTS)
 
     def total(lg: torch.Tensor, bx: torch.Tensor) -> torch.Tensor:
         losses = criterion({"pred_logits": lg, "pred_boxes": bx}, targets, num_boxes=2.0)
@@ -188,7 +194,7 @@ _PRE_SPLIT_TERMS_BOTH_AIDS = {  # float32, iou_aware_class, 3 matches per cell o
 def test_equals_the_pre_split_criterion(key: tuple) -> None:
     dtype, iou_aware, k = key
     outputs, targets = _random_case(dtype)
-    criterion = make_criterion(WEIGHTS, iou_aware_class=iou_aware,
+    criterion = _criterion(WEIGHTS, iou_aware_class=iou_aware,
                                 aux_layer_matches_per_cell=k)
     losses = criterion(outputs, targets, torch.tensor(17.0 / 3))
     rel = 1e-6 if dtype == torch.float32 else 1e-12
