@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from cellsam.models.finder import box_pairs as bp
-from cellsam.models.finder import sparse_assignment as sa
+from cellsam.models.finder.box_pairs import QueryGrid, candidate_pairs
 from cellsam.models.finder.sparse_assignment import (
     BoxMatchingCosts,
     solve_certified,
     solve_dense,
 )
+from cellsam.models.finder.sparse_lap import solve_sparse_lap
 
 
 def _random_problem(rng: np.random.Generator, queries: int, targets: int) -> BoxMatchingCosts:
@@ -39,6 +39,14 @@ def _detector_like(rng: np.random.Generator, targets: int, queries: int) -> BoxM
     cost = np.concatenate((rng.normal(-0.3, 0.2, near.size),
                            rng.normal(1.5, 0.2, queries - near.size)))
     return BoxMatchingCosts(cost, qb, tb, 5.0, 2.0)
+
+
+def _pairs(costs: BoxMatchingCosts) -> tuple[np.ndarray, np.ndarray]:
+    """The sparse problem's first pairs ``(targets [P], queries [P])``, grouped by target."""
+    grid = QueryGrid.build(costs.query_boxes, costs.target_boxes)
+    start, queries, _ = candidate_pairs(costs.query_cost, costs.query_boxes,
+                                        costs.target_boxes, 5.0, 2.0, grid)
+    return np.repeat(np.arange(len(start) - 1), np.diff(start)), queries
 
 
 def _total(costs: BoxMatchingCosts, queries: np.ndarray) -> float:
@@ -109,9 +117,9 @@ def _far_confident_query() -> BoxMatchingCosts:
 def test_a_failed_certificate_adds_the_pairs_and_solves_again() -> None:
     costs = _far_confident_query()
     # The sparse optimum on overlapping pairs is query 0 for target 0 ...
-    targets, queries = bp.local_pairs(costs.query_boxes, costs.target_boxes, 0)
+    targets, queries = _pairs(costs)
     assert 1 not in queries[targets == 0]
-    result = solve_certified(costs, neighbours=0)
+    result = solve_certified(costs)
     # ... which the certificate rejects: query 1 (-4 + 5 * 0.1 + 2 * 3/7 = -2.64) wins.
     assert result.certified and result.rounds == 2
     assert result.queries.tolist() == [1, 2]
@@ -120,7 +128,7 @@ def test_a_failed_certificate_adds_the_pairs_and_solves_again() -> None:
 
 def test_out_of_rounds_falls_back_to_the_dense_solver() -> None:
     costs = _far_confident_query()
-    result = solve_certified(costs, neighbours=0, max_rounds=1)
+    result = solve_certified(costs, max_rounds=1)
     assert not result.certified
     assert result.queries.tolist() == [1, 2]
 
@@ -132,50 +140,69 @@ def test_non_local_costs_fall_back_to_the_dense_solver() -> None:
     assert _total(costs, result.queries) == pytest.approx(_dense_total(costs), abs=1e-9)
 
 
-def test_targets_without_overlapping_queries_get_their_nearest() -> None:
-    # Three targets share one overlapping query: no full matching until neighbours join.
+def test_targets_the_sparse_pairs_cannot_place_get_every_query() -> None:
+    # Three targets share one overlapping query: no full matching on the first pairs.
     tb = np.array([[0.5, 0.5, 0.02, 0.02], [0.51, 0.5, 0.02, 0.02], [0.52, 0.5, 0.02, 0.02]])
     grid = np.linspace(0.05, 0.95, 7)
     far = np.array([[x, y, 0.02, 0.02] for x in grid for y in grid if abs(x - 0.5) > 0.1])
     qb = np.vstack(([[0.51, 0.5, 0.02, 0.02]], far))
     costs = BoxMatchingCosts(np.zeros(len(qb)), qb, tb, 5.0, 2.0)
-    targets, queries = bp.local_pairs(costs.query_boxes, costs.target_boxes, 0)
+    targets, queries = _pairs(costs)
     assert targets.tolist() == [0, 1, 2] and queries.tolist() == [0, 0, 0]
-    assert sa._solve_sparse(3, len(qb), targets, queries, costs.pairs(queries, targets)) is None
-    result = solve_certified(costs, neighbours=0, max_sparse_fraction=10.0)  # tiny: finish
-    assert result.certified
+    failed, assigned, *_ = solve_sparse_lap(3, len(qb), np.array([0, 1, 2, 3]), queries,
+                                            costs.pairs(queries, targets))
+    # the first target takes query 0 at its cheapest; both others are stuck
+    assert failed.tolist() == [1, 2] and assigned.tolist() == [0, -1, -1]
+    result = solve_certified(costs, max_sparse_fraction=10.0)  # tiny: may finish
+    # round 2 places targets 1 and 2 with every query; then target 0 must leave query 0
+    # (the certificate's violation), which round 3 solves
+    assert result.certified and result.rounds == 3
+    assert result.queries[1] == 0
     assert _total(costs, result.queries) == pytest.approx(_dense_total(costs), abs=1e-12)
 
 
 def test_duals_are_feasible_and_tight_on_the_sparse_pairs() -> None:
     costs = _detector_like(np.random.default_rng(3), 200, 700)
-    boxes = costs.query_boxes, costs.target_boxes
-    pairs = np.concatenate([np.stack(bp.local_pairs(*boxes, 0)),
-                            np.stack(bp.nearest_pairs(*boxes, 4))], axis=1)
-    targets, queries = np.unique(pairs, axis=1)  # sorted by target, no pair twice
-    values = costs.pairs(queries, targets)
-    assigned = sa._solve_sparse(200, 700, targets, queries, values)
-    u, v = sa._duals(200, 700, targets, queries, values, assigned)
-    assert np.isfinite(u).all()
-    reduced = values - u[targets] - v[queries]
+    grid = QueryGrid.build(costs.query_boxes, costs.target_boxes)
+    start, queries, values = candidate_pairs(costs.query_cost, costs.query_boxes,
+                                             costs.target_boxes, 5.0, 2.0, grid)
+    targets = np.repeat(np.arange(200), np.diff(start))
+    np.testing.assert_array_equal(values, costs.pairs(queries, targets))
+    failed, assigned, u, v = solve_sparse_lap(200, 700, start, queries, values)
+    # two targets overlap no query that the others leave free: left out, the rest optimal
+    assert failed.tolist() == [28, 70]
+    placed = np.setdiff1d(np.arange(200), failed)
+    assert np.all(assigned[failed] == -1)
+    assert len(set(assigned[placed].tolist())) == placed.size
+    rows = np.isin(targets, placed)
+    reduced = values[rows] - u[targets[rows]] - v[queries[rows]]
     assert reduced.min() >= -1e-9
-    own = assigned[targets] == queries
+    own = assigned[targets[rows]] == queries[rows]
     np.testing.assert_allclose(reduced[own], 0.0, atol=1e-12)
-    assert v.max() <= 1e-12
+    assert v.max() <= 0
     unmatched = np.setdiff1d(np.arange(700), assigned)
     assert np.all(v[unmatched] == 0)
+    # strong duality on the sparse problem of the placed targets
+    total = costs.pairs(assigned[placed], placed).sum()
+    assert u[placed].sum() + v.sum() == pytest.approx(total)
 
 
-def test_grid_neighbours_hold_every_close_pair() -> None:
-    rng = np.random.default_rng(4)
-    points, others = rng.random((50, 2)), rng.random((400, 2)) * 1.2 - 0.1
-    for reach in (0.001, 0.05, 0.3):
-        i, j = bp.grid_neighbours(points, others, reach)
-        found = set(zip(i.tolist(), j.tolist()))
-        assert len(found) == len(i)  # no pair twice
-        close = np.abs(points[:, None] - others[None]).max(axis=2) <= reach
-        assert set(zip(*np.nonzero(close))) <= found
-        assert np.all(np.diff(i) >= 0)  # grouped by point
+@pytest.mark.parametrize("seed", range(3))
+def test_candidate_pairs_hold_every_overlapping_pair_once(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    costs = _detector_like(rng, 60, 400)
+    qb = costs.query_boxes.copy()
+    qb[:3, 2:] = 0.5  # huge boxes: paired with every target
+    costs = BoxMatchingCosts(costs.query_cost, qb, costs.target_boxes, 5.0, 2.0)
+    targets, queries = _pairs(costs)
+    found = set(zip(targets.tolist(), queries.tolist()))
+    assert len(found) == len(targets)  # no pair twice
+    assert np.all(np.diff(targets) >= 0)  # grouped by target
+    a, b = qb[:, None], costs.target_boxes[None]
+    gap = np.abs(a[..., :2] - b[..., :2]) - 0.5 * (a[..., 2:] + b[..., 2:])
+    overlap = {(t, q) for q, t in zip(*np.nonzero((gap < 0).all(-1)))}
+    # every pair with a positive GIoU, the huge queries, nothing else
+    assert found == overlap | {(t, q) for t in range(60) for q in range(3)}
 
 
 def test_huge_predicted_boxes_are_paired_with_every_target() -> None:

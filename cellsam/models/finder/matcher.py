@@ -33,14 +33,14 @@ class HungarianMatcher(nn.Module):
     whatever the autocast dtype: the assignment is sensitive to ties.
 
     ``solver``: ``certified`` (default) solves a sparse problem on the pairs that can be
-    cheap and proves it optimal for the dense one (``sparse_assignment.py``), falling back
-    to ``dense`` (``scipy.optimize.linear_sum_assignment`` on the full ``[Q, N]`` matrix)
-    when it cannot; both give the optimal total cost.
+    cheap and proves it optimal for the dense one (``sparse_assignment.py``, compiled
+    loops), falling back to ``dense`` (``scipy.optimize.linear_sum_assignment`` on the
+    full ``[Q, N]`` matrix) when it cannot; both give the optimal total cost.
 
     ``num_threads`` bounds the threads solving assignments in parallel (default: the CPUs
-    this process may use; 1 = serial). Problems whose largest ``Q x N`` has fewer than
-    ``parallel_min_entries`` entries are solved serially: there a thread pool costs more
-    than the assignments (README, Quickstart).
+    this process may use; 1 = serial; the certified solver releases the GIL). Problems
+    whose largest ``Q x N`` has fewer than ``parallel_min_entries`` entries are solved
+    serially: there a thread pool costs more than the assignments (README, Quickstart).
     """
 
     def __init__(

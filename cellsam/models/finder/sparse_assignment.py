@@ -8,37 +8,37 @@ The matching cost of query ``q`` and target ``t`` is
 detector's costs are spatially local: a cell's cheap queries are the predictions that
 overlap it. ``solve_certified`` therefore
 
-1. evaluates ``C`` only on the pairs whose boxes overlap plus each target's few nearest
-   queries (a k-d tree on the box centres finds them),
-2. solves that sparse assignment (``scipy.sparse.csgraph.min_weight_full_bipartite_matching``),
-3. computes dual variables ``u [N]``, ``v [Q]`` of the sparse optimum (largest ``u``
-   through shortest paths on the difference constraints of complementary slackness), and
-4. certifies optimality for the dense problem: every pair left out has non-negative
+1. evaluates ``C`` only on the pairs whose boxes overlap (``box_pairs.candidate_pairs``,
+   on a grid of box centres),
+2. solves that sparse assignment by shortest augmenting paths, which also gives dual
+   variables ``u [N]``, ``v [Q]`` (``sparse_lap.solve_sparse_lap``), and
+3. certifies optimality for the dense problem: every pair left out has non-negative
    reduced cost ``C[q, t] - u[t] - v[q]``. Pairs left out are disjoint boxes, for which
-   ``GIoU <= 0``, so ``C >= query_cost[q] + bbox_weight * |b_q - b_t|_1``; a second k-d
-   tree, over ``(b_q, (query_cost[q] - v[q]) / bbox_weight)``, finds in one L1 ball per
-   target every pair this bound cannot clear, and only those are evaluated exactly.
+   ``GIoU <= 0``, so with ``h = query_cost - v`` their reduced cost is at least
+   ``h[q] - u[t] + bbox_weight * L1 + giou_weight * (-GIoU)``: only queries with
+   ``h[q] < u[t]`` can fail, and only within a distance of ``t`` that the two box terms
+   bound. Those few pairs are evaluated exactly.
 
-Pairs that fail the certificate join the sparse problem and it is solved again; when
-rounds or the sparse problem grow too large, the dense problem is solved instead. The
-result is the dense optimum either way (up to float64 rounding of the duals, bounded by
-``tolerance`` per target).
+Pairs that fail the certificate join the sparse problem and it is solved again (as do
+all pairs of a target that the sparse pairs cannot place); when
+rounds or the evaluated pairs grow too large, the dense problem is solved instead. The
+result is the dense optimum either way (up to float64 rounding, bounded by ``tolerance``
+per target). The loops are compiled with numba and release the GIL.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
-from scipy.spatial import cKDTree
 
-from cellsam.models.finder.box_pairs import grid_neighbours, local_pairs, nearest_pairs
+from cellsam.models.finder.box_pairs import QueryGrid, candidate_pairs, pair_cost, pair_costs
+from cellsam.models.finder.sparse_lap import solve_sparse_lap
 
 __all__ = ["BoxMatchingCosts", "CertifiedAssignment", "solve_certified", "solve_dense"]
-
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,9 @@ class BoxMatchingCosts:
 
     def pairs(self, queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """``C[queries[i], targets[i]]`` for index arrays ``[P]`` -> ``[P]``."""
-        a, b = self.query_boxes[queries], self.target_boxes[targets]
-        diff = np.abs(a - b)
-        # Column sums, not .sum(axis=1): numpy's reductions over rows of 4 are slow.
-        l1 = diff[:, 0] + diff[:, 1] + diff[:, 2] + diff[:, 3]
-        cost = self.query_cost[queries] + self.bbox_weight * l1
-        if self.giou_weight:
-            cost -= self.giou_weight * _paired_giou(a, b)
-        return cost
+        return pair_costs(self.query_cost, self.query_boxes, self.target_boxes,
+                          np.asarray(queries, np.int64), np.asarray(targets, np.int64),
+                          float(self.bbox_weight), float(self.giou_weight))
 
     def dense(self) -> np.ndarray:
         """The full ``[Q, N]`` cost matrix (the dense solver's input; ``pairs`` gives the
@@ -140,7 +135,6 @@ def _check_finite(values: np.ndarray) -> None:
 
 def solve_certified(
     costs: BoxMatchingCosts,
-    neighbours: int = 4,
     max_rounds: int = 4,
     max_sparse_fraction: float = 0.2,
     tolerance: float = 1e-9,
@@ -150,8 +144,6 @@ def solve_certified(
     Args:
         costs: the problem; needs ``bbox_weight > 0`` and ``giou_weight >= 0`` for the
             bounds (else the dense problem is solved).
-        neighbours: nearest queries (L1 over cxcywh) added for each target beside the
-            overlapping ones (doubled while the sparse problem has no full matching).
         max_rounds: sparse solves before falling back to the dense problem.
         max_sparse_fraction: fall back when the evaluated entries exceed this share of
             ``Q x N`` (then costs are not local and the dense solver is faster).
@@ -167,9 +159,11 @@ def solve_certified(
     if costs.bbox_weight <= 0 or costs.giou_weight < 0 or num_queries <= num_targets:
         return CertifiedAssignment(solve_dense(costs), False, 0, dense_entries)
     for values in (costs.query_cost, costs.query_boxes, costs.target_boxes):
-        _check_finite(values)  # before the k-d trees, which would reject them obscurely
-    targets, queries = local_pairs(costs.query_boxes, costs.target_boxes, neighbours)
-    values = costs.pairs(queries, targets)
+        _check_finite(values)  # before the grid, which would misplace them silently
+    w, g = float(costs.bbox_weight), float(costs.giou_weight)
+    grid = QueryGrid.build(costs.query_boxes, costs.target_boxes)
+    start, queries, values = candidate_pairs(costs.query_cost, costs.query_boxes,
+                                             costs.target_boxes, w, g, grid)
     _check_finite(values)
     evaluated = len(values)
     # Tiny problems may evaluate everything: the dense solver would not be faster.
@@ -177,198 +171,130 @@ def solve_certified(
     rounds = 0
     while rounds < max_rounds and evaluated <= budget:
         rounds += 1
-        assigned = _solve_sparse(num_targets, num_queries, targets, queries, values)
-        if assigned is None:
-            # No full matching among these pairs: add each target's nearest queries.
-            neighbours = 2 * max(neighbours, 2)
-            add_t, add_q = nearest_pairs(costs.query_boxes, costs.target_boxes, neighbours)
-        elif (duals := _duals(num_targets, num_queries, targets, queries, values,
-                              assigned)) is None:
-            break
-        elif not np.isfinite(duals[0]).all():
-            # A target reaches no unmatched query through the sparse pairs: give it some.
-            add_t, add_q = _nearest_unmatched(costs, np.flatnonzero(~np.isfinite(duals[0])),
-                                              assigned)
+        failed, assigned, u, v = solve_sparse_lap(num_targets, num_queries, start, queries,
+                                                  values)
+        if failed.size:
+            # The pairs admit no full matching: these targets may go anywhere.
+            add_t = np.repeat(np.sort(failed), num_queries)
+            add_q = np.tile(np.arange(num_queries, dtype=np.int64), failed.size)
+            add_values = costs.pairs(add_q, add_t)
         else:
-            limit = int(budget) - evaluated
-            found = _certificate_violations(costs, *duals, tolerance, limit)
-            if found is None:
-                break
-            add_t, add_q, checked = found
+            add_t, add_q, add_values, checked, complete = _violations(
+                costs.query_cost, costs.query_boxes, costs.target_boxes, w, g, grid.lo[0],
+                grid.lo[1], grid.side, grid.cells, grid.order, grid.first, grid.half, u, v,
+                tolerance, int(budget) - evaluated)
             evaluated += checked
+            if not complete:
+                break
             if add_t.size == 0:
                 return CertifiedAssignment(assigned, True, rounds, evaluated)
-        # Pairs already listed would be summed in the sparse matrix: add only new ones.
-        known = np.isin(add_t * num_queries + add_q, targets * num_queries + queries)
-        add_t, add_q = add_t[~known], add_q[~known]
-        add_values = costs.pairs(add_q, add_t)
         _check_finite(add_values)
-        order = np.argsort(np.concatenate((targets, add_t)), kind="stable")
-        targets = np.concatenate((targets, add_t))[order]
-        queries = np.concatenate((queries, add_q))[order]
-        values = np.concatenate((values, add_values))[order]
         evaluated += add_values.size
+        start, queries, values = _merge(start, queries, values, add_t, add_q, add_values)
     return CertifiedAssignment(solve_dense(costs), False, rounds, evaluated + dense_entries)
 
 
-def _solve_sparse(
-    num_targets: int, num_queries: int, targets: np.ndarray, queries: np.ndarray,
-    values: np.ndarray,
-) -> np.ndarray | None:
-    """``[N]`` query of each target minimising the cost over the given pairs, or None
-    when they admit no full matching."""
-    # Shift each target's costs to >= 1: every target is matched once, so the optimum is
-    # unchanged, and no weight is an explicit zero, which a sparse matrix would drop.
-    starts = np.searchsorted(targets, np.arange(num_targets + 1))  # pairs grouped by target
-    present = starts[:-1] < starts[1:]
-    if not present.all():
-        return None
-    row_min = np.minimum.reduceat(values, starts[:-1])
-    graph = csr_matrix((values - np.repeat(row_min, np.diff(starts)) + 1.0, queries, starts),
-                       shape=(num_targets, num_queries))
-    try:
-        rows, cols = min_weight_full_bipartite_matching(graph)
-    except ValueError:
-        return None
-    assigned = np.empty(num_targets, dtype=np.int64)
-    assigned[rows] = cols
-    return assigned
+@njit(cache=True, nogil=True)
+def _merge(start, queries, values, add_t, add_q, add_values):
+    """CSR pairs plus pairs sorted by target -> the merged CSR (a pair listed twice is
+    harmless to the solver)."""
+    num_targets = len(start) - 1
+    out_start = np.zeros(num_targets + 1, np.int64)
+    out_q = np.empty(len(queries) + len(add_q), np.int64)
+    out_v = np.empty(len(out_q))
+    size, a = 0, 0
+    for t in range(num_targets):
+        for p in range(start[t], start[t + 1]):
+            out_q[size], out_v[size] = queries[p], values[p]
+            size += 1
+        while a < len(add_t) and add_t[a] == t:
+            out_q[size], out_v[size] = add_q[a], add_values[a]
+            size += 1
+            a += 1
+        out_start[t + 1] = size
+    return out_start, out_q, out_v
 
 
-def _duals(
-    num_targets: int, num_queries: int, targets: np.ndarray, queries: np.ndarray,
-    values: np.ndarray, assigned: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Duals ``(u [N], v [Q])`` proving ``assigned`` optimal on the given pairs.
+@njit(cache=True, nogil=True)
+def _clearing_radius(gap, w, g, half):
+    """Chebyshev centre distance beyond which ``w * L1 + g * (-GIoU) >= gap`` for every
+    pair of disjoint boxes: with centres ``D >= half`` apart along x (or y), ``L1 >= D``
+    and ``-GIoU >= (D - half) / (D + half)`` (``half`` bounds half the two sides summed).
+    Positive root of ``w r^2 + (w half + g - gap) r - (g + gap) half = 0``, at least half."""
+    b = w * half + g - gap
+    root = (-b + math.sqrt(b * b + 4.0 * w * half * (g + gap))) / (2.0 * w)
+    return max(root, half)
 
-    LP of the rectangular assignment: every target matched once, every query at most once,
-    so ``v <= 0`` and ``v = 0`` on unmatched queries. With ``v[assigned[t]] = C_t - u[t]``
-    (``C_t`` the cost of ``t``'s own pair), the remaining constraints are differences of
-    ``u`` only:
 
-    - pair ``(q, t)`` with ``q`` assigned to ``s``: ``u[t] - u[s] <= C[q, t] - C_s``;
-    - pair ``(q, t)`` with ``q`` unassigned: ``u[t] <= C[q, t]``;
-    - ``v <= 0``: ``-u[t] <= -C_t``.
+@njit(cache=True, nogil=True)
+def _violations(query_cost, query_boxes, target_boxes, w, g, lo_x, lo_y, side, cells, order,
+                first, half, u, v, tolerance, limit):
+    """Pairs with reduced cost ``C[q, t] - u[t] - v[q] < -tolerance``: ``(targets,
+    queries, costs, pairs evaluated, complete)``; ``complete`` is False when more than
+    ``limit`` pairs would need an exact look.
 
-    The largest ``u`` satisfying them is the shortest-path distance from a root node;
-    large ``u`` makes ``v`` absorb each assigned query's class cost, which is what lets
-    the certificate's bound clear far pairs. ``u[t]`` is inf when no path reaches ``t``;
-    None on a negative cycle (not optimal on these pairs: cannot happen after an exact
-    solve, but rounding is not trusted blindly).
+    Pairs of the sparse problem have non-negative reduced cost (the duals are feasible
+    there), and every overlapping pair and huge query is one of them. Any other pair is
+    disjoint and can fail only if ``h[q] < u[t]`` (``h = query_cost - v``) and its centres
+    lie within ``_clearing_radius(u[t] - min h)`` of each other; grid cells are skipped
+    when their smallest ``h`` plus the bound at their distance clears ``u[t]``.
     """
-    owner = np.full(num_queries, -1, dtype=np.int64)
-    owner[assigned] = np.arange(num_targets)
-    holder = owner[queries]
-    own = holder == targets
-    own_cost = np.empty(num_targets)
-    own_cost[targets[own]] = values[own]
-    other = (holder >= 0) & ~own
-    free = holder < 0
-    # Node 0 is the root; target t is node t + 1.
-    src = np.concatenate((holder[other] + 1, np.zeros(free.sum(), np.int64),
-                          np.arange(1, num_targets + 1)))
-    dst = np.concatenate((targets[other] + 1, targets[free] + 1,
-                          np.zeros(num_targets, np.int64)))
-    weight = np.concatenate((values[other] - own_cost[holder[other]], values[free], -own_cost))
-    dist = _shortest_paths_from_root(num_targets + 1, src, dst, weight)
-    if dist is None:
-        return None
-    u = dist[1:]
-    v = np.zeros(num_queries)
-    v[assigned] = own_cost - u
-    return u, v
-
-
-def _shortest_paths_from_root(
-    num_nodes: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray
-) -> np.ndarray | None:
-    """Bellman-Ford from node 0, all edges relaxed at once per sweep; stops when nothing
-    changes (sweeps = edges on the longest shortest path, a handful here, where scipy's
-    ``bellman_ford`` always makes ``num_nodes`` of them). None on a negative cycle."""
-    order = np.argsort(dst, kind="stable")
-    src, dst, weight = src[order], dst[order], weight[order]
-    starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
-    heads = dst[starts]
-    dist = np.full(num_nodes, np.inf)
-    dist[0] = 0.0
-    for _ in range(num_nodes + 1):
-        best = np.minimum.reduceat(dist[src] + weight, starts)
-        better = best < dist[heads]
-        if not better.any():
-            return dist
-        dist[heads[better]] = best[better]
-    return None
-
-
-def _nearest_unmatched(
-    costs: BoxMatchingCosts, targets: np.ndarray, assigned: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of each given target with its 4 nearest unassigned queries."""
-    free = np.setdiff1d(np.arange(costs.shape[0]), assigned)
-    k = min(4, free.size)
-    _, nearest = cKDTree(costs.query_boxes[free]).query(costs.target_boxes[targets], k=k, p=1)
-    return np.repeat(targets, k), free[nearest.reshape(-1)]
-
-
-def _certificate_violations(
-    costs: BoxMatchingCosts, u: np.ndarray, v: np.ndarray, tolerance: float, limit: int
-) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Pairs with negative reduced cost ``C[q, t] - u[t] - v[q]``: ``(targets, queries,
-    number of pairs evaluated exactly)``, or None when more than ``limit`` pairs would need
-    an exact look.
-
-    Pairs of the sparse problem have non-negative reduced cost by construction. Every other
-    pair is disjoint, so with ``h = query_cost - v`` its reduced cost is at least
-    ``h[q] - u[t] + w * L1 + g * (-GIoU)`` (``w``, ``g`` the box weights, both terms
-    >= 0): only queries with ``h[q] < u[t]`` can fail. When the centres are ``D >= s/2``
-    apart along x (or y), ``L1 >= D`` and ``-GIoU >= (D - s/2) / (D + s/2)``, where ``s``
-    bounds the two boxes' widths (heights) summed. So for queries with ``h >= H`` only
-    pairs closer than the ``rho`` at which ``w * rho + g * (rho - s/2) / (rho + s/2) =
-    u[t] - H`` can fail. Queries are taken in bands of ``h`` (confident queries, low
-    ``h``, are searched farther than the rest), each target's square of side ``2 rho``
-    is searched on a grid, and the pairs found are evaluated exactly.
-    """
-    qb, tb = costs.query_boxes, costs.target_boxes
-    h = costs.query_cost - v
-    active = np.flatnonzero(h < u.max() + tolerance)
-    empty = np.zeros(0, np.int64)
-    if active.size == 0:
-        return empty, empty, 0
-    half = 0.5 * (qb[:, 2:].max(axis=0) + tb[:, 2:].max(axis=0)).max()
-    w, g = costs.bbox_weight, costs.giou_weight
-    found_t, found_q = [], []
-    total = 0
-    # Bands of h between H and max u; within a band, its lower edge bounds h.
-    edges = h.min() + (u.max() - h.min()) * np.linspace(0.0, 1.0, _H_BANDS + 1)[:-1]
-    band_of = np.searchsorted(edges, h[active], side="right") - 1
-    for k, floor in enumerate(edges):
-        band = active[band_of == k]
-        if band.size == 0:
+    num_cells = cells * cells
+    h = query_cost - v
+    cell_min = np.full(num_cells, np.inf)
+    lowest = np.inf
+    for k in range(num_cells):
+        for p in range(first[k], first[k + 1]):
+            cell_min[k] = min(cell_min[k], h[order[p]])
+        lowest = min(lowest, cell_min[k])
+    capacity = 64
+    out_t = np.empty(capacity, np.int64)
+    out_q = np.empty(capacity, np.int64)
+    out_c = np.empty(capacity)
+    found, checked = 0, 0
+    for t in range(len(target_boxes)):
+        top = u[t] + tolerance  # a pair can fail only below this
+        if lowest >= top:
             continue
-        gap = u - floor + tolerance
-        suspects = np.flatnonzero(gap > 0)
-        if suspects.size == 0:
-            continue
-        # Positive root of w rho^2 + (w s/2 + g - d) rho - (g + d) s/2 = 0, at least s/2.
-        d = gap[suspects]
-        b = w * half + g - d
-        rho = np.maximum((-b + np.sqrt(b * b + 4 * w * half * (g + d))) / (2 * w), half)
-        near = grid_neighbours(tb[suspects, :2], qb[band, :2], rho, limit - total)
-        if near is None:
-            return None
-        i, j = near
-        q = band[j]
-        tq, r = suspects[i], rho[i]
-        keep = (np.abs(qb[q, 0] - tb[tq, 0]) <= r) & (np.abs(qb[q, 1] - tb[tq, 1]) <= r)
-        found_t.append(suspects[i[keep]])
-        found_q.append(q[keep])
-        total += int(keep.sum())
-    if not found_t:
-        return empty, empty, 0
-    t, q = np.concatenate(found_t), np.concatenate(found_q)
-    reduced = costs.pairs(q, t) - u[t] - v[q]
-    bad = reduced < -tolerance
-    return t[bad], q[bad], t.size
+        tx, ty = target_boxes[t, 0], target_boxes[t, 1]
+        radius = _clearing_radius(top - lowest, w, g, half)
+        span = min(int(math.ceil(radius / side)), cells)
+        cx = min(int((tx - lo_x) / side), cells - 1)
+        cy = min(int((ty - lo_y) / side), cells - 1)
+        for ix in range(max(cx - span, 0), min(cx + span, cells - 1) + 1):
+            dx = max(lo_x + ix * side - tx, tx - (lo_x + (ix + 1) * side), 0.0)
+            for iy in range(max(cy - span, 0), min(cy + span, cells - 1) + 1):
+                k = ix * cells + iy
+                if cell_min[k] >= top:
+                    continue
+                dy = max(lo_y + iy * side - ty, ty - (lo_y + (iy + 1) * side), 0.0)
+                near = max(dx, dy)
+                bound = w * near
+                if near > half:
+                    bound += g * (near - half) / (near + half)
+                if cell_min[k] + bound >= top:
+                    continue
+                for p in range(first[k], first[k + 1]):
+                    q = order[p]
+                    if h[q] >= top:
+                        continue
+                    checked += 1
+                    if checked > limit:
+                        return out_t[:0], out_q[:0], out_c[:0], checked, False
+                    cost = pair_cost(query_cost, query_boxes, target_boxes, q, t, w, g)
+                    if cost - u[t] - v[q] < -tolerance:
+                        if found == capacity:
+                            capacity *= 2
+                            out_t = _resized(out_t, capacity)
+                            out_q = _resized(out_q, capacity)
+                            out_c = _resized(out_c, capacity)
+                        out_t[found], out_q[found], out_c[found] = t, q, cost
+                        found += 1
+    return out_t[:found], out_q[:found], out_c[:found], checked, True
 
 
-_H_BANDS = 4
+@njit(cache=True, nogil=True)
+def _resized(values, capacity):
+    out = np.empty(capacity, values.dtype)
+    out[: len(values)] = values
+    return out
