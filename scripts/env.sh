@@ -19,7 +19,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # torch is left unpinned on purpose (pyproject excludes 2.13.0, whose local CPU-only
   # wheel on some machines has no matching torchvision).
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev,napari]"
   "$VENV/bin/python" -c "import torch, torchvision, segment_anything, lightning, hydra; print('[cellsam] torch', torch.__version__, 'torchvision', torchvision.__version__)"
   echo "$want" > "$STAMP"
   echo "[cellsam] environment ready in $(( $(date +%s) - start )) s ($(du -sh "$VENV" | cut -f1))"

@@ -110,6 +110,17 @@ class LabellingSession:
         return cls(prompt_only_predictor(variant, checkpoint, device, **overrides), image,
                    channels)
 
+    def configure(self, **overrides: Any) -> None:
+        """Change inference settings, e.g. the thresholds a GUI shows (see
+        `CellSAMPredictor.configure`); labels and cells stay. Preprocessing settings
+        re-prepare the image and drop the cached embeddings."""
+        before = self.predictor.settings
+        self.predictor = self.predictor.configure(**overrides)
+        if any(getattr(before, k) != getattr(self.predictor.settings, k)
+               for k in ("percentile", "clahe", "clahe_kernel")):
+            self.prepared = self.predictor.prepare(self.image, self.channels, self.channel_axis)
+            self._embeddings.clear()
+
     @property
     def model(self):
         return self.predictor.model

@@ -142,3 +142,26 @@ def test_add_to_training_set_from_the_session(ckpt, image, tmp_path):
     s.delete(1)
     r2 = s.add_to_training_set(tmp_path / "mine", "culture_3")
     assert r2.replaced == "train" and len(open_split(tmp_path / "mine", "train")) == 1
+
+
+def test_configure_changes_thresholds_and_keeps_the_cache(ckpt, image, monkeypatch):
+    s = LabellingSession.from_checkpoint(ckpt, image, device="cpu", **OPEN)
+    first, prepared = s.segment_all(), s.prepared.copy()
+    high = float(np.median(first.scores))  # about half the cells pass it
+    s.configure(box_threshold=high)
+    assert s.predictor.settings.box_threshold == high and s.predictor.settings.min_area == 4
+    calls = count_calls(monkeypatch, s.model, "trunk")
+    s.box_prompt((10, 10, 60, 60))
+    assert calls[0] == 0  # thresholds leave the embedding valid
+    pred = s.segment_all()
+    ref = LabellingSession.from_checkpoint(ckpt, image, device="cpu",
+                                           **{**OPEN, "box_threshold": high}).segment_all()
+    np.testing.assert_array_equal(pred.labels, ref.labels)
+    assert 0 < pred.num_cells < first.num_cells
+    s.configure(percentile=95.0)  # preprocessing: a new prepared image, no stale embeddings
+    other = LabellingSession.from_checkpoint(ckpt, image, device="cpu", percentile=95.0)
+    np.testing.assert_array_equal(s.prepared, other.prepared)
+    assert not np.array_equal(s.prepared, prepared)
+    n = calls[0]
+    s.box_prompt((10, 10, 60, 60))
+    assert calls[0] == n + 1
