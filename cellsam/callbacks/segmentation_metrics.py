@@ -119,8 +119,13 @@ class SegmentationMetrics(Callback):
                        ) -> CellSAMPredictor:
         # The hooks run outside the precision plugin's autocast, so ask for it explicitly.
         bf16 = str(getattr(trainer, "precision", "")).startswith("bf16")
-        return CellSAMPredictor(pl_module.model, self.settings(pl_module),
-                                device=pl_module.device, bf16=bf16)
+        cls = CellSAMPredictor
+        if getattr(pl_module, "stage", None) == "sac":
+            from cellsam.inference.sac_predictor import SACPredictor
+
+            cls = SACPredictor
+        return cls(pl_module.model, self.settings(pl_module), device=pl_module.device,
+                   bf16=bf16)
 
     def _is_last_epoch(self, trainer: L.Trainer) -> bool:
         max_epochs = getattr(trainer, "max_epochs", None)

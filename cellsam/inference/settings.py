@@ -24,6 +24,11 @@ __all__ = ["DECODERS", "OVERLAP_RULES", "PRESETS", "TILING_MODES", "InferenceSet
            "resolve_settings"]
 
 OVERLAP_RULES = ("score", "release", "argmax")
+# SAC's point prompts (cellsam.inference.point_prompts): how touching nuclei in one
+# component are split, where the positive point goes, where negatives go.
+PROMPT_SPLITS = ("centre", "distance", "none")
+PROMPT_SELECTIONS = ("centroid", "max_prob")
+PROMPT_NEGATIVES = ("none", "background", "neighbours", "both")
 TILING_MODES = ("auto", "always", "never")
 DECODERS = ("fast", "standard")
 
@@ -61,6 +66,13 @@ class InferenceSettings:
     percentile: float = 99.9
     clahe: bool = True
     clahe_kernel: int = 128
+    # SAC pipeline only (checkpoints of stage sac): the prompter's maps -> point prompts.
+    prompt_threshold: float = 0.5  # on the foreground probability
+    prompt_min_area: int = 8  # px of the prompt map (model input); smaller components: none
+    prompt_split: str = "centre"  # centre | distance | none: splitting touching nuclei
+    prompt_selection: str = "centroid"  # centroid | max_prob: the positive point (SAC: centroid)
+    points_per_cell: int = 1  # positives per component (SAC's prompt amplification: > 1)
+    prompt_negatives: str = "both"  # none | background | neighbours | both
     preset: str = field(default="paper", compare=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +95,18 @@ class InferenceSettings:
                              f"{self.duplicate_overlap}")
         if not 0.0 <= self.tile_overlap < 0.5:
             raise ValueError(f"tile_overlap must be in [0, 0.5), got {self.tile_overlap}")
+        for name, value, choices in (("prompt_split", self.prompt_split, PROMPT_SPLITS),
+                                     ("prompt_selection", self.prompt_selection,
+                                      PROMPT_SELECTIONS),
+                                     ("prompt_negatives", self.prompt_negatives,
+                                      PROMPT_NEGATIVES)):
+            if value not in choices:
+                raise ValueError(f"{name} {value!r}: choose from {choices}")
+        if not 0.0 < self.prompt_threshold < 1.0:
+            raise ValueError(f"prompt_threshold must be in (0, 1), got {self.prompt_threshold}")
+        if self.points_per_cell < 1 or self.prompt_min_area < 0:
+            raise ValueError(f"points_per_cell must be >= 1 and prompt_min_area >= 0, got "
+                             f"{self.points_per_cell}, {self.prompt_min_area}")
 
     @property
     def mask_logit_threshold(self) -> float:

@@ -67,10 +67,12 @@ def load_predictor(ckpt_path: str | Path, inference: dict[str, Any] | None,
     blocks, and the checkpoint's metadata."""
     # Imported here: scoring a folder of label images (`pred_dir=`) needs no torch/Lightning
     # (0.9 s of imports instead of 8 s).
-    from cellsam.inference.predictor import CellSAMPredictor, resolve_device
+    from cellsam.inference.predictor import resolve_device
+    from cellsam.inference.sac_predictor import predictor_from_checkpoint
 
-    predictor = CellSAMPredictor.from_checkpoint(ckpt_path, device=resolve_device(device),
-                                                 bf16=bf16, config=inference)
+    # CellSAM or SAC, as the checkpoint's stage says
+    predictor = predictor_from_checkpoint(ckpt_path, device=resolve_device(device), bf16=bf16,
+                                          config=inference)
     return predictor, predictor.checkpoint_meta
 
 

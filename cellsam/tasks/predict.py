@@ -165,7 +165,9 @@ def predict(cfg: DictConfig) -> int:
     overlay = bool(cfg.get("overlay"))
     names = plan_outputs(files, out_dir, overlay)
     block = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
-    predictor = CellSAMPredictor.from_checkpoint(
+    from cellsam.inference.sac_predictor import predictor_from_checkpoint
+
+    predictor = predictor_from_checkpoint(  # CellSAM or SAC, as the checkpoint's stage says
         cfg.ckpt, device=cfg.get("device", "auto"), bf16=bool(cfg.get("bf16", False)),
         config=block)
     channels = cfg.get("channels")

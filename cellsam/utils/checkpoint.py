@@ -55,8 +55,40 @@ def model_state(ckpt: dict[str, Any], prefix: str = "model.") -> dict[str, torch
     return {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 
+def build_sac_from_meta(meta: dict[str, Any], base_checkpoint: str | Path | None = None
+                        ) -> Any:
+    """A SAC checkpoint's model with its base SAM weights loaded (from the recorded file, or
+    `base_checkpoint`), refusing a base whose sha256 differs from the recorded one."""
+    from cellsam.models.sac import build_sac
+
+    cfg = dict(meta["model"])
+    cfg.pop("_target_", None)
+    want = (meta.get("sac") or {}).get("base")
+    sam = dict(cfg["sam"])
+    sam["checkpoint"] = None if want is None else (base_checkpoint or sam.get("checkpoint"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "random ViT" warning: weights come from the file
+        try:
+            model = build_sac(**{**cfg, "sam": sam})
+        except (FileNotFoundError, OSError) as err:
+            raise CheckpointError(
+                f"the SAC checkpoint's base SAM weights {want['source']} are not readable "
+                f"({err}); give the file (sha256 {want['sha256']}) as base_checkpoint") from err
+    have = model.base
+    if want is not None and have["sha256"] != want["sha256"]:
+        raise CheckpointError(
+            f"SAC checkpoint was trained on base {want['file']!r} (sha256 {want['sha256']}), "
+            f"but the given base {have['file']!r} has sha256 {have['sha256']}: refusing to load")
+    return model
+
+
 def build_model_from_meta(meta: dict[str, Any]) -> CellSAM:
-    """Rebuild the architecture recorded in a checkpoint's metadata (weights not loaded)."""
+    """Rebuild the architecture recorded in a checkpoint's metadata (weights not loaded;
+    a SAC checkpoint's base SAM weights are, see `build_sac_from_meta`)."""
+    if meta.get("stage") == "sac":
+        return build_sac_from_meta(meta)
     cfg = dict(meta["model"])
     cfg.pop("_target_", None)
     cfg["sam"] = {**cfg["sam"], "checkpoint": None}  # weights come from the checkpoint
@@ -68,13 +100,30 @@ def build_model_from_meta(meta: dict[str, Any]) -> CellSAM:
 
 
 def load_model(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path, map_location: str | torch.device = "cpu",
+    base_checkpoint: str | Path | None = None,
 ) -> tuple[CellSAM, dict[str, Any]]:
-    """CellSAM with the checkpoint's weights, and the checkpoint's metadata."""
+    """CellSAM (or SAC) with the checkpoint's weights, and the checkpoint's metadata.
+
+    A SAC checkpoint stores only what differs from its base SAM weights: those are read
+    from the recorded file, or from `base_checkpoint`, and must have the recorded sha256.
+    """
     ckpt = read_checkpoint(path, map_location)
     meta = ckpt[META_KEY]
-    model = build_model_from_meta(meta)
-    missing, unexpected = model.load_state_dict(model_state(ckpt), strict=False)
+    if meta.get("stage") == "sac":
+        from cellsam.models.sac import key_part
+
+        try:
+            model = build_sac_from_meta(meta, base_checkpoint)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from err
+        saved = (meta.get("sac") or {}).get("saved_parts", "all")
+        missing, unexpected = model.load_state_dict(model_state(ckpt), strict=False)
+        if saved != "all":  # the base weights are not in the file
+            missing = [k for k in missing if key_part(k) in saved]
+    else:
+        model = build_model_from_meta(meta)
+        missing, unexpected = model.load_state_dict(model_state(ckpt), strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit the recorded model (missing {missing[:5]}, "
