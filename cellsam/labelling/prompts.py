@@ -31,6 +31,7 @@ from cellsam.inference.postprocess import clean_mask
 from cellsam.inference.settings import InferenceSettings
 from cellsam.inference.tiled import tile_windows
 from cellsam.models.cellsam import CellSAM
+from cellsam.models.sam import decode_prompts
 
 Window = tuple[int, int, int, int]  # (y0, x0, y1, x1), exclusive ends
 
@@ -183,11 +184,7 @@ def decode_prompt(model: CellSAM, embedding: Tensor, box: np.ndarray | None = No
     masks = None if mask_logits is None else mask_logits.to(dev, torch.float32)[None, None]
     if pts is None and boxes is None:
         raise ValueError("a prompt needs a box or at least one point")
-    sparse, dense = sam.prompt_encoder(points=pts, boxes=boxes, masks=masks)
-    low, iou = sam.mask_decoder(
-        image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-        multimask_output=multimask)
+    low, iou = decode_prompts(sam, embedding, pts, boxes, masks, multimask)
     k = int(iou[0].float().argmax())
     return low[0, k].float(), float(iou[0, k])
 

@@ -16,7 +16,7 @@ from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
 from cellsam.models.finder import CellFinder
-from cellsam.models.sam import build_sam, trunk_channels, trunk_features
+from cellsam.models.sam import build_sam, decode_prompts, trunk_channels, trunk_features
 
 #: Named trainable parts, so configs can list what trains (`stage.trainable`).
 PARTS = ("trunk", "finder", "neck", "prompt_encoder", "mask_decoder")
@@ -79,16 +79,7 @@ class CellSAM(nn.Module):
         embedding: `[1, P, h, w]` or `[P, h, w]`; boxes: `[K, 4]` xyxy input pixels.
         Returns low-resolution mask logits `[K, 4h, 4w]` and predicted IoU `[K]`.
         """
-        if embedding.dim() == 3:
-            embedding = embedding[None]
-        sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-        masks, iou = self.sam.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        masks, iou = decode_prompts(self.sam, embedding, boxes=boxes)
         return masks[:, 0], iou[:, 0]
 
     def part_parameters(self, part: str) -> list[nn.Parameter]:

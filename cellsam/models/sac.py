@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from cellsam.models.checkpoints import PACKAGED, PACKAGED_CHECKPOINT
 from cellsam.models.lora import apply_lora, file_sha256, lora_parameters
 from cellsam.models.prompter import FeatureHeadPrompter, UNetPrompter
-from cellsam.models.sam import VARIANTS, build_sam, trunk_channels, trunk_features
+from cellsam.models.sam import (
+    VARIANTS,
+    build_sam,
+    decode_prompts,
+    trunk_channels,
+    trunk_features,
+)
 
 #: Named trainable parts, so configs can list what trains (`stage.module.trainable`).
 SAC_PARTS = ("lora", "neck", "prompt_encoder", "mask_decoder", "prompter")
@@ -115,20 +121,12 @@ class SAC(nn.Module):
         boxes: `[N, 4]` xyxy input pixels or None.
         Returns low-resolution mask logits `[N, 4h, 4w]` and predicted IoU `[N]`.
         """
-        if embedding.dim() == 3:
-            embedding = embedding[None]
         if points.shape[:2] != labels.shape:
             raise ValueError(f"points {tuple(points.shape)} and labels {tuple(labels.shape)} "
                              "disagree (expected [N, K, 2] and [N, K])")
-        sparse, dense = self.sam.prompt_encoder(
-            points=(points.float(), labels.to(points.device)), boxes=boxes, masks=None)
-        masks, iou = self.sam.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        masks, iou = decode_prompts(self.sam, embedding,
+                                    points=(points.float(), labels.to(points.device)),
+                                    boxes=boxes)
         return masks[:, 0], iou[:, 0]
 
     def part_parameters(self, part: str) -> list[nn.Parameter]:

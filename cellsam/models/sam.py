@@ -248,3 +248,25 @@ def trunk_features(encoder: nn.Module, images: Tensor) -> Tensor:
         x = checkpoint_block(block, x, use_reentrant=False) if recompute else block(x)
     return x.permute(0, 3, 1, 2)
 
+
+def decode_prompts(sam: Sam, embedding: Tensor, points: tuple[Tensor, Tensor] | None = None,
+                   boxes: Tensor | None = None, masks: Tensor | None = None,
+                   multimask: bool = False) -> tuple[Tensor, Tensor]:
+    """SAM's prompt encoder and mask decoder on N prompts against one image's embedding.
+
+    embedding: `[1, P, h, w]` or `[P, h, w]`; points: `(coords [N, K, 2], labels [N, K])`,
+    (x, y) input pixels, labels 1 positive / 0 negative / -1 padding; boxes: `[N, 4]` xyxy
+    input pixels; masks: `[N, 1, 4h, 4w]` low-res logits of an earlier decoding.
+    Returns mask logits `[N, M, 4h, 4w]` and predicted IoU `[N, M]`, M = 3 with `multimask`
+    (SAM's three masks for an ambiguous prompt), else 1.
+    """
+    if embedding.dim() == 3:
+        embedding = embedding[None]
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+    return sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )

@@ -43,6 +43,18 @@ def with_step_decay(optimizer: torch.optim.Optimizer, lr_drop: int, factor: floa
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
+def trainable_adamw(module: Any) -> torch.optim.Optimizer | dict[str, Any]:
+    """AdamW over the module's parameters that require gradients, with the step decay of
+    its `lr_drop` / `lr_drop_factor` hyperparameters when `lr_drop` is set (stages sam and
+    sac)."""
+    hp = module.hparams
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    optimizer = adamw(params, hp.lr, hp.weight_decay)
+    if not hp.lr_drop:
+        return optimizer
+    return with_step_decay(optimizer, hp.lr_drop, hp.lr_drop_factor)
+
+
 def log_step_scalars(
     module: Any, values: dict[str, Any], batch_size: int, prog_bar: tuple[str, ...] = ()
 ) -> None:

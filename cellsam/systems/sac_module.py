@@ -37,9 +37,8 @@ from cellsam.models.prompter import PROMPTER_LOSS_NAMES, PrompterCriterion, prom
 from cellsam.models.sac import SAC, key_part
 from cellsam.systems.common import (
     CheckpointMetaMixin,
-    adamw,
     log_step_scalars,
-    with_step_decay,
+    trainable_adamw,
 )
 from cellsam.utils.checkpoint import META_KEY, CheckpointError
 from cellsam.utils.distributed import all_reduce_mean, gather_records, world_size
@@ -238,12 +237,7 @@ class SacModule(CheckpointMetaMixin, L.LightningModule):
         return total
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        hp = self.hparams
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = adamw(params, hp.lr, hp.weight_decay)
-        if not hp.lr_drop:
-            return optimizer
-        return with_step_decay(optimizer, hp.lr_drop, hp.lr_drop_factor)
+        return trainable_adamw(self)
 
     # -- validation -----------------------------------------------------------------------------
     @torch.no_grad()

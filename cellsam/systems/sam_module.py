@@ -20,10 +20,9 @@ from cellsam.models.cellsam import CellSAM
 from cellsam.models.mask_criterion import MASK_LOSS_NAMES, MaskCriterion, mask_iou
 from cellsam.systems.common import (
     CheckpointMetaMixin,
-    adamw,
     freeze_except,
     log_step_scalars,
-    with_step_decay,
+    trainable_adamw,
 )
 from cellsam.utils.distributed import all_reduce_mean, gather_records, world_size
 
@@ -183,12 +182,7 @@ class SamModule(CheckpointMetaMixin, L.LightningModule):
         return total
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        hp = self.hparams
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = adamw(params, hp.lr, hp.weight_decay)
-        if not hp.lr_drop:
-            return optimizer
-        return with_step_decay(optimizer, hp.lr_drop, hp.lr_drop_factor)
+        return trainable_adamw(self)
 
     # -- validation -----------------------------------------------------------------------------
     @torch.no_grad()

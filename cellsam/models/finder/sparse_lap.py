@@ -65,6 +65,26 @@ def _heap_pop(keys: np.ndarray, items: np.ndarray, size: int) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _relax(i, base, start, cols, costs, u, v, dist, pred, done, touched, num_touched,
+           heap_keys, heap_items, heap):
+    """Dijkstra step: columns reached through row ``i`` at distance ``base`` plus the reduced
+    cost. Returns the updated counts of touched columns and heap entries."""
+    for e in range(start[i], start[i + 1]):
+        k = cols[e]
+        if done[k]:
+            continue
+        d = base + costs[e] - u[i] - v[k]
+        if d < dist[k]:
+            if dist[k] == np.inf:
+                touched[num_touched] = k
+                num_touched += 1
+            dist[k] = d
+            pred[k] = i
+            heap = _heap_push(heap_keys, heap_items, heap, d, k)
+    return num_touched, heap
+
+
+@njit(cache=True, nogil=True)
 def solve_sparse_lap(num_rows: int, num_cols: int, start: np.ndarray, cols: np.ndarray,
                      costs: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -117,17 +137,9 @@ def solve_sparse_lap(num_rows: int, num_cols: int, start: np.ndarray, cols: np.n
     heap_items = np.empty(capacity, np.int64)
     for f in range(num_free):
         root = free_rows[f]
-        num_touched = num_scanned = heap = 0
-        for e in range(start[root], start[root + 1]):
-            j = cols[e]
-            d = costs[e] - u[root] - v[j]
-            if d < dist[j]:
-                if dist[j] == np.inf:
-                    touched[num_touched] = j
-                    num_touched += 1
-                dist[j] = d
-                pred[j] = root
-                heap = _heap_push(heap_keys, heap_items, heap, d, j)
+        num_scanned = 0
+        num_touched, heap = _relax(root, 0.0, start, cols, costs, u, v, dist, pred, done,
+                                   touched, 0, heap_keys, heap_items, 0)
         sink, length = -1, 0.0
         while heap > 0:
             heap = _heap_pop(heap_keys, heap_items, heap)
@@ -140,19 +152,8 @@ def solve_sparse_lap(num_rows: int, num_cols: int, start: np.ndarray, cols: np.n
             done[j] = True
             scanned[num_scanned] = j
             num_scanned += 1
-            i = row_of_col[j]
-            for e in range(start[i], start[i + 1]):
-                k = cols[e]
-                if done[k]:
-                    continue
-                nd = d + costs[e] - u[i] - v[k]
-                if nd < dist[k]:
-                    if dist[k] == np.inf:
-                        touched[num_touched] = k
-                        num_touched += 1
-                    dist[k] = nd
-                    pred[k] = i
-                    heap = _heap_push(heap_keys, heap_items, heap, nd, k)
+            num_touched, heap = _relax(row_of_col[j], d, start, cols, costs, u, v, dist, pred,
+                                       done, touched, num_touched, heap_keys, heap_items, heap)
         if sink < 0:  # no potentials changed: the other rows go on as without it
             failed[num_failed] = root
             num_failed += 1
