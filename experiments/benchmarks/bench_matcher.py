@@ -5,8 +5,9 @@ sparse solver (`cellsam/models/finder/sparse_assignment.py`).
    call on CPU tensors (costs included), the baseline being what the matcher did before:
    a dense float32 torch cost matrix and `scipy.optimize.linear_sum_assignment`. Costs come
    from a partially trained CellFinder (trained here for --train-steps steps on rendered
-   cell layouts, cached under --cache; every decoder layer of 4 layouts gives a problem)
-   and from random boxes and logits. Printed: best and median ms, the speed-up, how many
+   cell layouts, cached under --cache; every decoder layer of 4 layouts gives a problem),
+   from an untrained detector (every box the initial size, `untrained_outputs`) and from
+   random boxes and logits. Printed: best and median ms, the speed-up, how many
    problems were certified (the rest fell back to the dense solver), sparse rounds, the
    share of the dense matrix evaluated, and the largest |total cost difference| (must be
    float rounding on every instance).
@@ -72,6 +73,16 @@ def random_outputs(batch: int, queries: int, g: torch.Generator) -> dict:
     return {
         "pred_logits": torch.randn(batch, queries, 1, generator=g),
         "pred_boxes": torch.cat((centres, sides), dim=-1),
+    }
+
+
+def untrained_outputs(batch: int, queries: int, g: torch.Generator) -> dict:
+    """A detector at step 0: every box 0.12 of the image wide (CellFinder's initial size),
+    so each cell overlaps many queries, and logits near the focal prior (p = 0.01)."""
+    centres = torch.rand(batch, queries, 2, generator=g)
+    return {
+        "pred_logits": torch.randn(batch, queries, 1, generator=g) * 0.1 - 4.6,
+        "pred_boxes": torch.cat((centres, torch.full((batch, queries, 2), 0.12)), dim=-1),
     }
 
 
@@ -143,9 +154,10 @@ def dense_torch_baseline(matcher: HungarianMatcher, logits: torch.Tensor, boxes:
 
 def problems(kind: str, cells: int, args: argparse.Namespace) -> list[tuple]:
     """(logits [Q, 1], boxes [Q, 4], target boxes [N, 4]) per image and layer."""
-    if kind == "random":
+    if kind in ("random", "untrained"):
         g = torch.Generator().manual_seed(cells)
-        out = [random_outputs(1, args.queries, g) for _ in range(args.random_problems)]
+        make = random_outputs if kind == "random" else untrained_outputs
+        out = [make(1, args.queries, g) for _ in range(args.random_problems)]
         return [(o["pred_logits"][0], o["pred_boxes"][0], random_targets(cells, g)["boxes"])
                 for o in out]
     data = detector_outputs(cells, args.queries, args.train_steps, args.map_size, args.cache)
@@ -262,7 +274,7 @@ def main() -> None:
     print(f"{'costs':>9} {'cells':>6} {'probs':>5} {'dense':>8} {'med':>8} {'certif.':>8} "
           f"{'med':>8} {'speedup':>8} {'proven':>7} {'rounds':>6} {'share':>7} {'max|diff|':>9}")
     print(f"{'':>9} {'':>6} {'':>5} {'best ms':>8} {'ms':>8} {'best ms':>8} {'ms':>8}")
-    for kind in ("detector", "random"):
+    for kind in ("detector", "untrained", "random"):
         for cells in args.cells:
             compare_solvers(kind, cells, args)
 
