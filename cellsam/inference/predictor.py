@@ -133,9 +133,9 @@ class CellSAMPredictor:
         return predictor
 
     def configure(self, **overrides: Any) -> CellSAMPredictor:
-        """A predictor sharing this model with some settings changed."""
-        return CellSAMPredictor(self.model, replace(self.settings, **overrides), self.device,
-                                self.bf16)
+        """A predictor of the same kind sharing this model with some settings changed."""
+        return type(self)(self.model, replace(self.settings, **overrides), self.device,
+                          self.bf16)
 
     # -- preprocessing ----------------------------------------------------------------------
     def prepare(self, image: np.ndarray, channels: Mapping[str, Any] | None = None,

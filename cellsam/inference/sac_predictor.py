@@ -18,7 +18,6 @@ applies to box prompts only).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,10 +135,6 @@ class SACPredictor(CellSAMPredictor):
         predictor = cls(model, settings, device=device, bf16=bf16)
         predictor.checkpoint_meta = meta
         return predictor
-
-    def configure(self, **overrides: Any) -> SACPredictor:
-        return SACPredictor(self.model, replace(self.settings, **overrides), self.device,
-                            self.bf16)
 
     def prompts(self, foreground: np.ndarray, centre: np.ndarray | None) -> list[CellPrompt]:
         """Point prompts (model-input pixels) of one image's probability maps `[S, S]`."""

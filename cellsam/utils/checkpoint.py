@@ -8,6 +8,7 @@ inference settings, so stage 2, evaluation and prediction need no extra argument
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,6 @@ def build_sac_from_meta(meta: dict[str, Any], base_checkpoint: str | Path | None
     want = (meta.get("sac") or {}).get("base")
     sam = dict(cfg["sam"])
     sam["checkpoint"] = None if want is None else (base_checkpoint or sam.get("checkpoint"))
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the "random ViT" warning: weights come from the file
         try:
