@@ -142,11 +142,12 @@ class SACPredictor(CellSAMPredictor):
 
         return discriminate(foreground, centre, point_settings(self.settings))
 
-    def segment_inputs(self, inputs: Tensor | None, sizes: Sequence[tuple[int, int]],
-                       features: Tensor | None = None) -> list[list[Cell]]:
-        """Cells of model inputs `[B, 3, S, S]` (in [0, 1]) at output sizes `(H, W)` each,
-        cleaned, in prompt-score order, not composed. `features` (the trunk's map) skip the
-        trunk; a prompter that reads images still needs `inputs`."""
+    def prompt_inputs(self, inputs: Tensor | None, features: Tensor | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, Tensor]:
+        """What the prompt settings act on, for model inputs `[B, 3, S, S]` (in [0, 1]) or
+        their trunk `features`: foreground and centre probabilities `[B, S, S]` and the
+        image embeddings `[B, P, h, w]`. Computed once, they serve any number of settings
+        (`cells_from_maps`); a prompter that reads images still needs `inputs`."""
         if features is None and inputs is None:
             raise ValueError("segment_inputs needs model inputs or trunk features")
         with torch.inference_mode(), self.autocast():
@@ -156,13 +157,25 @@ class SACPredictor(CellSAMPredictor):
             embeddings = self.model.embed(features)
             fg = maps["foreground"][:, 0].float().sigmoid().cpu().numpy()
             centre = maps["centre"][:, 0].float().sigmoid().cpu().numpy()
-            result = []
-            for i, hw in enumerate(sizes):
-                prompts = self.prompts(fg[i], centre[i])
-                cells = decode_point_cells(self.model, embeddings[i:i + 1], prompts,
-                                           (int(hw[0]), int(hw[1])), self.settings)
-                result.append(postprocess_cells(cells, self.settings))
-        return result
+        return fg, centre, embeddings
+
+    def cells_from_maps(self, foreground: np.ndarray, centre: np.ndarray, embedding: Tensor,
+                        hw: tuple[int, int]) -> list[Cell]:
+        """One image's cells at output size `hw` from its maps `[S, S]` and embedding
+        `[1, P, h, w]` (see `prompt_inputs`): cleaned, in prompt-score order, not composed."""
+        with torch.inference_mode(), self.autocast():
+            cells = decode_point_cells(self.model, embedding, self.prompts(foreground, centre),
+                                       (int(hw[0]), int(hw[1])), self.settings)
+        return postprocess_cells(cells, self.settings)
+
+    def segment_inputs(self, inputs: Tensor | None, sizes: Sequence[tuple[int, int]],
+                       features: Tensor | None = None) -> list[list[Cell]]:
+        """Cells of model inputs `[B, 3, S, S]` (in [0, 1]) at output sizes `(H, W)` each,
+        cleaned, in prompt-score order, not composed. `features` (the trunk's map) skip the
+        trunk; a prompter that reads images still needs `inputs`."""
+        fg, centre, embeddings = self.prompt_inputs(inputs, features)
+        return [self.cells_from_maps(fg[i], centre[i], embeddings[i:i + 1], hw)
+                for i, hw in enumerate(sizes)]
 
 
 def predictor_from_checkpoint(path: str | Path, device: str | torch.device | None = "auto",

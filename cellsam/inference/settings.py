@@ -147,15 +147,16 @@ NONE_WORDS = ("none", "off")
 def _settings_in(block: Mapping[str, Any] | None, source: str) -> dict[str, Any]:
     """The settings a source sets: nulls dropped ("not set"), "none"/"off" -> None, unknown
     keys refused (an explicit argument or config key with a typo must not pass silently)."""
-    known = {f.name for f in fields(InferenceSettings)}
+    types = {f.name: str(f.type) for f in fields(InferenceSettings)}
     out: dict[str, Any] = {}
     for key, value in dict(block or {}).items():
-        if key not in known:
+        if key not in types:
             raise ValueError(f"{source}: unknown inference setting {key!r}; "
-                             f"choose from {sorted(known)}")
+                             f"choose from {sorted(types)}")
         if value is None:
             continue
-        if isinstance(value, str) and value.lower() in NONE_WORDS and key != "preset":
+        # only where None is a value: `prompt_negatives: none` is the word itself
+        if isinstance(value, str) and value.lower() in NONE_WORDS and "None" in types[key]:
             value = None
         out[key] = value
     return out

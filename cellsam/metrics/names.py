@@ -56,6 +56,9 @@ METRIC_DEFINITIONS: dict[str, str] = {
            "over images",
     "sa50": "micro-sam SA at IoU 0.5, mean over images",
     "sa75": "micro-sam SA at np.arange's 0.75 (0.7500000000000002), mean over images",
+    "dice": "foreground Dice 2|T & P| / (|T| + |P|) of the two label images' foregrounds "
+            "(any cell vs background; SAC's Dice), per image (1 when both are empty), mean "
+            "over images",
 }
 
 #: Main table: (key, header); `{variant}` is filled with the paper's model variant.
@@ -92,6 +95,7 @@ FAMILY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("msa", "mSA (micro-sam)"),
     ("sa50", "SA@0.5 (micro-sam)"),
     ("sa75", "SA@0.75 (micro-sam)"),
+    ("dice", "Foreground Dice"),
 )
 
 #: Headline metrics that get a bootstrap confidence interval (see `bootstrap.HEADLINE`).
@@ -118,6 +122,7 @@ PER_IMAGE_LABELS: dict[str, str] = {
     "msa": "mSA (micro-sam)",
     "sa50": "SA@0.5 (micro-sam)",
     "sa75": "SA@0.75 (micro-sam)",
+    "dice": "Foreground Dice",
 }
 
 

@@ -1,12 +1,13 @@
 """Per-image metrics of every family, from the counts in `report.image_record` records.
 
 A record holds the counts of one image (TP at each IoU threshold 0.50..0.95, TP at elf's
-`np.arange(0.5, 1.0, 0.05)`, the DeepCell counts, Cellpose's AJI and the IoU sum of the TP
-pairs at 0.5); here they become numbers through the metric modules' own dataclasses, so each
-definition exists once:
+`np.arange(0.5, 1.0, 0.05)`, the DeepCell counts, Cellpose's AJI, the IoU sum of the TP
+pairs at 0.5, the foreground pixel counts); here they become numbers through the metric
+modules' own dataclasses, so each definition exists once:
 
 - `image_metrics(record)`: one row of `results_per_image.csv`;
-- `family_summary(records)`: the dataset-level Cellpose AP, AJI, PQ / DQ / SQ and mSA keys;
+- `family_summary(records)`: the dataset-level Cellpose AP, AJI, PQ / DQ / SQ, mSA and
+  foreground Dice keys;
 - `iou_curve(records)`: per-image mean F1 (CellSAM) and Cellpose AP at each IoU threshold.
 
 Averages use `math.fsum` (exactly rounded), so a summary cannot depend on record order
@@ -27,6 +28,7 @@ from cellsam.utils.atomic import atomic_path
 
 from .cellpose_ap import CellposeAP
 from .deepcell import DeepCellCounts
+from .dice import ForegroundOverlap
 from .f1 import DEFAULT_THRESHOLDS, MatchCounts
 from .panoptic import PanopticQuality
 from .segmentation_accuracy import MSA_THRESHOLDS, SegmentationAccuracy
@@ -43,7 +45,7 @@ PER_IMAGE_FIELDS: tuple[str, ...] = (
     "deepcell_f1_60", "deepcell_precision_60", "deepcell_recall_60", "deepcell_correct",
     "splits", "merges", "catastrophes",
     *(f"cellpose_ap_{t}" for t in _TAGS), "aji", "pq_50", "dq_50", "sq_50",
-    "msa", "sa50", "sa75",
+    "msa", "sa50", "sa75", "dice",
 )
 
 
@@ -71,6 +73,7 @@ def image_metrics(rec: Mapping[str, Any]) -> dict[str, Any]:
     sa = SegmentationAccuracy(MSA_THRESHOLDS, n_true, n_pred,
                               np.asarray(rec["sa_tp"], np.int64))
     row.update(msa=sa.msa, sa50=sa.sa50, sa75=sa.sa75)
+    row["dice"] = ForegroundOverlap(int(rec["fg_inter"]), int(rec["fg_total"])).dice
     return row
 
 
@@ -97,7 +100,7 @@ def family_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
            for key, tag in (("cellpose_ap_50", "50"), ("cellpose_ap_75", "75"),
                             ("cellpose_ap_90", "90"))}
     out["aji"] = _nanmean(r["aji"] for r in rows)
-    for key in ("pq_50", "dq_50", "sq_50", "msa", "sa50", "sa75"):
+    for key in ("pq_50", "dq_50", "sq_50", "msa", "sa50", "sa75", "dice"):
         out[key] = _mean(r[key] for r in rows) if rows else math.nan
     out["pq_50_pooled"] = pooled.pq if rows else math.nan
     return out

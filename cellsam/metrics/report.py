@@ -37,6 +37,7 @@ from .bootstrap import headline_intervals
 from .cellpose_ap import aggregated_jaccard_index
 from .coco import ImageDetections, detections_from_label, evaluate_coco, label_to_rles
 from .deepcell import DeepCellCounts, deepcell_counts
+from .dice import foreground_overlap
 from .f1 import DEFAULT_THRESHOLDS, MatchCounts, match_counts
 from .matching import compute_overlaps
 from .names import COLUMNS, FAMILY_COLUMNS, INTERVAL_KEYS, METRIC_DEFINITIONS
@@ -68,7 +69,7 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "deepcell_f1_60", "deepcell_precision_60", "deepcell_recall_60", "splits", "merges",
     "coco_map", "coco_ap50", "coco_box_map", "coco_box_ap50",
     "cellpose_ap_50", "cellpose_ap_75", "cellpose_ap_90", "aji", "pq_50", "dq_50", "sq_50",
-    "pq_50_pooled", "msa", "sa50", "sa75",
+    "pq_50_pooled", "msa", "sa50", "sa75", "dice",
 )
 EXTRA_KEYS: tuple[str, ...] = ("n_pred_cells", "catastrophes")
 
@@ -99,6 +100,7 @@ def image_record(
     counts = match_counts(y_true, y_pred, DEFAULT_THRESHOLDS, overlaps=ov)
     mc = counts[0]  # IoU 0.5
     dc = deepcell_counts(y_true, y_pred, overlaps=ov)
+    fg = foreground_overlap(y_true, y_pred)
     rec: dict[str, Any] = {
         "dataset": str(dataset), "index": int(index), "n_true": mc.n_true,
         "n_pred": mc.n_pred, "tp_50": mc.tp, "f1_50": mc.f1, "deepcell": dc.to_vector(),
@@ -108,6 +110,7 @@ def image_record(
         "sa_tp": [c.tp for c in match_counts(y_true, y_pred, MSA_THRESHOLDS, overlaps=ov)],
         "aji": aggregated_jaccard_index(y_true, y_pred, overlaps=ov),
         "iou_sum_50": panoptic_quality(y_true, y_pred, 0.5, overlaps=ov).sum_iou,
+        "fg_inter": fg.inter, "fg_total": fg.total,
     }
     if name is not None:
         rec["name"] = str(name)

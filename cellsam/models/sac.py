@@ -129,6 +129,13 @@ class SAC(nn.Module):
                                     boxes=boxes)
         return masks[:, 0], iou[:, 0]
 
+    def decode_unprompted(self, embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """SAM's decoder with no prompt at all (its no-mask dense embedding only): one mask
+        logit map `[1, 4h, 4w]` and predicted IoU `[1]` for one image's embedding `[1, P, h,
+        w]`. What fine-tuning without prompts trains (an ablation of SAC)."""
+        masks, iou = decode_prompts(self.sam, embedding)
+        return masks[:, 0], iou[:, 0]
+
     def part_parameters(self, part: str) -> list[nn.Parameter]:
         """Parameters of a named part (`SAC_PARTS`)."""
         enc = self.sam.image_encoder

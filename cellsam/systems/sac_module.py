@@ -8,6 +8,10 @@ prompter can be its own stage. Mask losses as stage 2 (`MaskCriterion`: focal + 
 IoU MSE); prompter losses from `PrompterCriterion` (BCE + Dice on the foreground, BCE on
 the centre map); the step's loss is their sum.
 
+With `train_with_prompts: false` (SAC's ablation "no prompts during fine-tuning") the
+decoder sees no prompt and learns each tile's whole foreground, one mask per tile; inference
+still prompts it with the prompter's points.
+
 Point prompts per cell: `n_positive` inside the cell, `n_negative` outside it (a
 `neighbour_fraction` of them on other cells), from `cellsam.data.point_sampling`. The
 random draws are seeded by (global step, dataset, image index), so one process on a batch
@@ -74,6 +78,7 @@ class SacModule(CheckpointMetaMixin, L.LightningModule):
         trainable: Sequence[str],
         train_sam: bool,
         train_prompter: bool,
+        train_with_prompts: bool,
         lr: float,
         weight_decay: float,
         max_cells_per_image: int,
@@ -159,14 +164,28 @@ class SacModule(CheckpointMetaMixin, L.LightningModule):
         pts = label_to_input_points(xy, label_hw, self.model.image_size)
         return pts, torch.as_tensor(np.asarray(lab), dtype=torch.int64, device=self.device)
 
-    def _decode_to_size(self, embedding: Tensor, points: Tensor, labels: Tensor,
+    def _decode_to_size(self, embedding: Tensor, points: Tensor | None, labels: Tensor | None,
                         size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Mask logits upsampled to `size` `[N, H, W]` and predicted IoU `[N]` (as stage 2:
-        the loss compares upsampled logits with the masks as stored)."""
-        low, iou = self.model.decode_points(embedding, points, labels)
+        the loss compares upsampled logits with the masks as stored); `points` None: the
+        unprompted decoding (N = 1)."""
+        if points is None:
+            low, iou = self.model.decode_unprompted(embedding)
+        else:
+            low, iou = self.model.decode_points(embedding, points, labels)
         logits = F.interpolate(low[:, None].float(), size=size, mode="bilinear",
                                align_corners=False)[:, 0]
         return logits, iou.float()
+
+    def image_masks(self, labels: Tensor, labels_np: np.ndarray, ids: np.ndarray,
+                    rng: np.random.Generator) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """One image's prompts and target masks `[N, H, W]`: each of the cells `ids` with its
+        sampled points, or (training without prompts) no points and the whole foreground."""
+        if not self.hparams.train_with_prompts:
+            return None, None, (labels > 0).float()[None]
+        pts, lab = self.cell_prompts(labels_np, ids, rng, tuple(labels.shape[-2:]))
+        gt = labels[None] == torch.as_tensor(ids, device=self.device)[:, None, None]
+        return pts, lab, gt.float()
 
     # -- training -------------------------------------------------------------------------------
     def mask_terms(self, batch: dict[str, Any], features: Tensor
@@ -182,14 +201,12 @@ class SacModule(CheckpointMetaMixin, L.LightningModule):
         logits, iou_pred, targets = [], [], []
         for i, target in enumerate(batch["targets"]):
             ids = target["ids"].cpu().numpy()
-            if ids.size == 0:
+            if ids.size == 0 and hp.train_with_prompts:
                 continue
             rng = point_rng(self.global_step, batch["dataset"][i], int(batch["index"][i]))
-            if ids.size > hp.max_cells_per_image:
+            if hp.train_with_prompts and ids.size > hp.max_cells_per_image:
                 ids = np.sort(rng.choice(ids, hp.max_cells_per_image, replace=False))
-            pts, lab = self.cell_prompts(labels_np[i], ids, rng, label_hw)
-            gt = (labels[i][None] == torch.as_tensor(ids, device=self.device)[:, None, None])
-            gt = gt.float()
+            pts, lab, gt = self.image_masks(labels[i], labels_np[i], ids, rng)
             if loss_hw != label_hw:  # fraction of each loss pixel covered by the cell
                 gt = F.interpolate(gt[None], size=loss_hw, mode="area")[0]
             image_logits, image_iou = self._decode_to_size(emb[i:i + 1], pts, lab, loss_hw)

@@ -237,3 +237,41 @@ def test_sac_lite_checkpoint_names_the_packaged_base(synthetic_dir, tmp_path):
     print(f"\nsac_lite checkpoint: {stored} of {total} model values stored ({lora} LoRA), "
           f"file {last.stat().st_size} bytes with the optimiser state")
     assert stored < 0.5 * total
+
+
+@pytest.mark.slow
+def test_prompt_grid_choose_on_val_report_on_test(trained, short_run, tmp_path):
+    """experiments/sac_prompt_grid.py on a checkpoint: the validation grid scores what
+    `eval.py` scores for the same settings, the test split only takes the validation choice
+    and its one-factor changes."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    from cellsam.tasks.evaluate import run_evaluation
+
+    spec = importlib.util.spec_from_file_location(
+        "sac_prompt_grid", ROOT / "experiments" / "sac_prompt_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    common = ["--ckpt", str(short_run), "--data", str(trained["data"]), "--max-images", "2"]
+    val = grid.main([*common, "--split", "val", "--out", str(tmp_path / "val.json"),
+                     "--grid", "prompt_negatives=none,both", "iou_threshold=-1.0,0.0"])
+    assert len(val["rows"]) == 4 and val["chosen"] in [
+        {k: r[k] for k in ("prompt_negatives", "iou_threshold")} for r in val["rows"]]
+    with pytest.raises(SystemExit, match="from-val"):
+        grid.main([*common, "--split", "test", "--grid", "prompt_negatives=none"])
+    test = grid.main([*common, "--split", "test", "--from-val", str(tmp_path / "val.json")])
+    assert [{k: r[k] for k in val["chosen"]} for r in test["rows"]] == grid.ablation_rows(
+        val["chosen"], val["grid"])
+    assert all(0.0 <= r["coco_map"] <= 1.0 for r in test["rows"])
+
+    row = val["rows"][1]  # negatives none, iou 0.0: what eval.py scores with those settings
+    settings = {"prompt_negatives": "none", "iou_threshold": 0.0}
+    cfg = compose_in_process(sac_overrides(trained["data"], trained["base"], 1), tmp_path)
+    results = run_evaluation(short_run, cfg.data, settings, tmp_path / "eval", split="val",
+                             device="cpu", batch_size=2, coco=False, max_images=2,
+                             bootstrap={"n": 0})
+    assert (row["prompt_negatives"], row["iou_threshold"]) == ("none", 0.0)
+    for key in ("f1_50_mean", "deepcell_f1_60", "dice", "n_pred_cells"):
+        assert row[key] == pytest.approx(results["all"][key], abs=1e-12), key

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cellsam.metrics import evaluate_coco, evaluate_deepcell, evaluate_f1
+from cellsam.metrics.dice import foreground_overlap
 from cellsam.metrics.report import (
     SCHEMA_KEYS,
     image_record,
@@ -68,6 +69,19 @@ def test_summary_equals_metric_functions():
     assert s["coco_ap50"] == pytest.approx(coco["segm_AP50"], abs=1e-9)
     assert s["coco_box_map"] == pytest.approx(coco["bbox_mAP"], abs=1e-9)
     assert s["coco_box_ap50"] == pytest.approx(coco["bbox_AP50"], abs=1e-9)
+    # foreground Dice by hand: 2*64 / (128 + 80), the empty pair 1, the split and the merge
+    # cover exactly the true foreground
+    assert s["dice"] == pytest.approx((128 / 208 + 1 + 1 + 1) / 4, abs=1e-12)
+
+
+def test_foreground_dice_counts_and_shape_check():
+    t, p = paint((1, 0, 4, 0, 4), (2, 0, 4, 6, 8)), paint((9, 2, 6, 0, 4))
+    fo = foreground_overlap(t, p)
+    assert (fo.inter, fo.total, fo.dice) == (8, 24 + 16, 16 / 40)
+    assert foreground_overlap(paint(), paint()).dice == 1.0
+    assert foreground_overlap(t, paint()).dice == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        foreground_overlap(t, paint(shape=(16, 16)))
 
 
 def test_empty_image_counts_as_zero_and_perfect_prediction_scores_one():

@@ -53,6 +53,7 @@ ABLATIONS = {
     "dsb_lite_sac_no_negatives": {"stage.module.n_negative": 0,
                                   "inference.prompt_negatives": "none"},
     "dsb_lite_sac_amplified": {"stage.module.n_positive": 3, "inference.points_per_cell": 3},
+    "dsb_lite_sac_no_prompts": {"stage.module.train_with_prompts": False},
 }
 
 

@@ -132,3 +132,34 @@ def test_validation_records_dice_by_hand():
         assert rec[i]["fg_total"] == 2 * cell1 + cell4[i]
         assert rec[i]["cells"] == 2 and 0 <= rec[i]["iou_sum"] <= 2
     assert np.isclose(2 * rec[0]["fg_inter"] / rec[0]["fg_total"], 4000 / 6400)
+
+
+def test_training_without_prompts_learns_each_tile_foreground():
+    import torch.nn.functional as F
+
+    module = _module(trainable=["lora", "mask_decoder"], train_with_prompts=False,
+                     train_prompter=False, loss_size=64)
+    logged = _logged(module)
+    batch = _batch()
+    batch["targets"][1]["ids"] = batch["targets"][1]["ids"][:0]  # no cell: still one mask
+    batch["labels"][1] = 0
+    seen = []
+    decode_points = module.model.decode_points
+    module.model.decode_points = lambda *a, **k: seen.append(a) or decode_points(*a, **k)
+    torch.manual_seed(0)
+    loss = module.training_step(batch, 0)
+    assert not seen and logged["train/masks_per_step"] == 2.0  # one unprompted mask per tile
+    # the same loss by hand: the unprompted decoding against each tile's foreground
+    with torch.no_grad():
+        emb = module.model.embed(module.model.trunk(batch["images"]))
+        logits, ious = [], []
+        for i in range(2):
+            low, iou = module.model.decode_unprompted(emb[i:i + 1])
+            logits.append(F.interpolate(low[:, None], size=(64, 64), mode="bilinear",
+                                        align_corners=False)[:, 0])
+            ious.append(iou)
+        fg = (batch["labels"] > 0).float()[:, None]
+        target = F.interpolate(fg, size=(64, 64), mode="area")[:, 0]
+        want = module.criterion(torch.cat(logits), torch.cat(ious), target, torch.tensor(2.0))
+    assert float(loss) == pytest.approx(float(module.criterion.weighted_total(want)), rel=1e-5)
+    assert target[0].sum() > 0 and target[1].sum() == 0

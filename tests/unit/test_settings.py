@@ -34,6 +34,10 @@ def test_precedence_preset_checkpoint_config_explicit():
     # "none" sets a None-valued option explicitly over a checkpoint's value
     s = resolve_settings({"duplicate_overlap": 0.5}, {"duplicate_overlap": "none"})
     assert s.duplicate_overlap is None
+    # ... but where None is not a value, "none" is the option's own word (SAC: no negatives)
+    s = resolve_settings({"prompt_negatives": "both"}, {"prompt_negatives": "none"},
+                         {"max_detections": "off"})
+    assert (s.prompt_negatives, s.max_detections) == ("none", None)
 
 
 def test_unknown_keys():

@@ -1,0 +1,173 @@
+"""SAC's inference settings on a split: a grid on validation, the chosen row and its ablations
+on test. Each image's encoder, prompter and neck run once; every setting then costs only the
+prompt discrimination, the mask decoder and the metrics.
+
+Validation (choose): every combination of the `--grid` values is scored by per-image mean
+F1@0.5 (then DeepCell F1@0.6, Dice, precision, recall); the best F1@0.5 is printed as
+overrides for `eval.py`, and `--out` keeps the table and the choice.
+
+    python experiments/sac_prompt_grid.py --ckpt outputs/dsb_lite_sac/main/checkpoints/last.ckpt \
+        --data data/dsb2018_fixed --split val --out outputs/dsb_lite_sac/val_grid.json \
+        --grid prompt_selection=centroid,max_prob prompt_negatives=none,both \
+        points_per_cell=1,3 prompt_threshold=0.4,0.5,0.6
+
+Test (report, never choose): `--from-val` reads that file; the rows are the setting chosen
+on validation and, for each grid key, the same setting with that one key at each other value
+validation tried (the one-factor ablations), scored with every metric, COCO included.
+
+    python experiments/sac_prompt_grid.py --ckpt ... --data data/dsb2018_fixed --split test \
+        --from-val outputs/dsb_lite_sac/val_grid.json --out outputs/dsb_lite_sac/test_rows.json
+
+Labels equal `eval.py`'s for the same settings: the images go through the data module's
+dataset as in `eval.py`, and `SACPredictor.segment_inputs` is exactly `prompt_inputs` then
+`cells_from_maps`, composed by `cells_to_prediction` (asserted by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cellsam.data.datamodule import CellSplitDataset
+from cellsam.data.format import open_split
+from cellsam.inference.predictor import cells_to_prediction
+from cellsam.inference.sac_predictor import SACPredictor
+from cellsam.inference.settings import InferenceSettings
+from cellsam.metrics.report import image_record, summarize
+
+#: Keys of each row, in the printed order.
+ROW_KEYS = ("f1_50_mean", "deepcell_f1_60", "coco_map", "coco_ap50", "dice", "precision_50",
+            "recall_50", "n_pred_cells")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise SystemExit(f"--grid: {text!r} is not true or false")
+    return text.lower() == "true"
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """`key=v1,v2` items -> `{key: [typed values]}`, typed as the `InferenceSettings` field."""
+    types = {f.name: f.type for f in fields(InferenceSettings)}
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"--grid {item!r}: write key=value1,value2")
+        if key not in types:
+            raise SystemExit(f"--grid {item!r}: unknown inference setting {key!r}")
+        kind = str(types[key])
+        cast = (_bool if "bool" in kind else int if "int" in kind
+                else float if "float" in kind else str)
+        grid[key] = [cast(v) for v in values.split(",")]
+    return grid
+
+
+def grid_rows(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in `itertools.product` order."""
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def ablation_rows(chosen: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]
+                  ) -> list[dict[str, Any]]:
+    """The chosen setting, then per grid key the chosen setting with that key at each other
+    value of the grid (one factor at a time)."""
+    rows = [dict(chosen)]
+    for key, values in grid.items():
+        rows += [{**chosen, key: v} for v in values if v != chosen[key]]
+    return rows
+
+
+def precompute(predictor: SACPredictor, dataset: CellSplitDataset, batch: int
+               ) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+    """Per image: foreground and centre probabilities `[S, S]` and embedding `[1, P, h, w]`."""
+    out = []
+    for start in range(0, len(dataset), batch):
+        images = torch.stack([dataset[i]["image"]
+                              for i in range(start, min(start + batch, len(dataset)))])
+        fg, centre, emb = predictor.prompt_inputs(images)
+        out += [(fg[j], centre[j], emb[j:j + 1]) for j in range(len(images))]
+    return out
+
+
+def score_rows(predictor: SACPredictor, rows: Sequence[Mapping[str, Any]], inputs, labels,
+               name: str, coco: bool) -> list[dict[str, Any]]:
+    """Score each row's settings on every image (`inputs` from `precompute`)."""
+    out = []
+    for row in rows:
+        t = time.perf_counter()
+        p = predictor.configure(**row)
+        records = []
+        for i, ((fg, centre, emb), label) in enumerate(zip(inputs, labels)):
+            pred = cells_to_prediction(p.cells_from_maps(fg, centre, emb, label.shape),
+                                       label.shape, p.settings.overlap)
+            records.append(image_record(name, i, label, pred.labels, pred.scores,
+                                        with_coco=coco))
+        scores = summarize(records, coco=coco)["all"]
+        out.append({**row, **{k: float(scores[k]) for k in ROW_KEYS},
+                    "seconds": round(time.perf_counter() - t, 1)})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", required=True, type=Path, help="a stage=sac checkpoint")
+    ap.add_argument("--data", required=True, type=Path, help="converted dataset folder")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                    help="inference settings to try (validation)")
+    ap.add_argument("--from-val", type=Path, help="the validation run's --out (test)")
+    ap.add_argument("--batch", type=int, default=4, help="images through the encoder together")
+    ap.add_argument("--max-images", type=int, help="the first N images only (smoke runs)")
+    ap.add_argument("--out", type=Path, help="write the rows (and the choice) as JSON here")
+    args = ap.parse_args(argv)
+    if args.split == "test":
+        if args.from_val is None or args.grid:
+            raise SystemExit("on the test split the settings come from validation: pass "
+                             "--from-val <the validation run's --out> and no --grid")
+        val = json.loads(args.from_val.read_text())
+        grid, rows, coco = val["grid"], ablation_rows(val["chosen"], val["grid"]), True
+    else:
+        if args.from_val is not None or not args.grid:
+            raise SystemExit("on a validation split give --grid (and no --from-val)")
+        grid = parse_grid(args.grid)
+        rows, coco = grid_rows(grid), False
+
+    predictor = SACPredictor.from_checkpoint(args.ckpt, device="cpu")
+    data = open_split(args.data, args.split)
+    n = len(data) if args.max_images is None else min(args.max_images, len(data))
+    dataset = CellSplitDataset(data, data.name, predictor.model.image_size, indices=list(range(n)))
+    labels = [np.asarray(data.labels[i, 0], np.int64) for i in range(n)]
+    t = time.perf_counter()
+    inputs = precompute(predictor, dataset, args.batch)
+    encode_s = time.perf_counter() - t
+    print(f"encoder, prompter and neck on {n} {args.split} images: {encode_s:.1f} s", flush=True)
+    scored = score_rows(predictor, rows, inputs, labels, data.name, coco)
+    result: dict[str, Any] = {"ckpt": str(args.ckpt), "split": args.split, "n_images": n,
+                              "grid": grid, "rows": scored, "seconds_encode": encode_s}
+    if args.split == "test":
+        result["chosen"] = val["chosen"]
+    else:
+        best = max(scored, key=lambda r: r["f1_50_mean"])
+        result["chosen"] = {k: best[k] for k in grid}
+        print(f"best on {args.split} (F1@0.5 {best['f1_50_mean']:.4f}): "
+              + " ".join(f"inference.{k}={v}" for k, v in result["chosen"].items()))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
