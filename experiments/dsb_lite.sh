@@ -4,19 +4,8 @@
 # test split is read once, by the last three steps.
 #   bash experiments/dsb_lite.sh            # outputs/dsb_lite/{finder,sam,eval_test,...}
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/env.sh
-SRC=${CELLSAM_SHARED_DATA:-../shared/data}/dsb2018_fixed
-DATA=${CELLSAM_DATA:-data}/dsb2018_fixed
 OUT=outputs/dsb_lite
-mkdir -p "$OUT"
-timed() {  # timed <name> <command...>: appends "<name> <seconds>" to $OUT/times.txt
-  local name=$1 start=$SECONDS; shift
-  "$@"
-  echo "$name $((SECONDS - start))" | tee -a "$OUT/times.txt"
-}
-[ -d "$DATA" ] || timed convert python -m data_prep.pairs --src "$SRC" --name dsb2018_fixed \
-  --channels nuclear=all --out "$(dirname "$DATA")" --quiet
+source "$(dirname "$0")/dsb_common.sh"
 timed stage1 python train.py experiment=dsb_lite
 timed stage2 python train.py experiment=dsb_lite_sam
 CKPT=$OUT/sam/checkpoints/last.ckpt

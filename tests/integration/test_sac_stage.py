@@ -259,6 +259,12 @@ def test_prompt_grid_choose_on_val_report_on_test(trained, short_run, tmp_path):
                      "--grid", "prompt_negatives=none,both", "iou_threshold=-1.0,0.0"])
     assert len(val["rows"]) == 4 and val["chosen"] in [
         {k: r[k] for k in ("prompt_negatives", "iou_threshold")} for r in val["rows"]]
+    one = grid.main([*common, "--split", "val", "--one-factor",
+                     "--grid", "prompt_negatives=none,both", "iou_threshold=-1.0,0.0"])
+    base = {"prompt_negatives": "both", "iou_threshold": 0.4}  # the checkpoint's settings
+    assert [{k: r[k] for k in base} for r in one["rows"]] == grid.ablation_rows(
+        base, one["grid"])
+    assert one["chosen"] == grid.choose_per_key(base, one["rows"], one["grid"])
     with pytest.raises(SystemExit, match="from-val"):
         grid.main([*common, "--split", "test", "--grid", "prompt_negatives=none"])
     test = grid.main([*common, "--split", "test", "--from-val", str(tmp_path / "val.json")])

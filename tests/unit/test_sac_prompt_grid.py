@@ -44,6 +44,16 @@ def test_test_rows_change_one_factor_at_a_time():
                     {"a": 2, "b": "x"}]
 
 
+def test_one_factor_choice_per_key():
+    g = _grid_module()
+    grid = {"a": [1, 2, 3], "b": ["x", "y"]}
+    base = {"a": 2, "b": "y"}
+    f1 = {(2, "y"): 0.5, (1, "y"): 0.6, (3, "y"): 0.4, (2, "x"): 0.5}
+    rows = [{**r, "f1_50_mean": f1[(r["a"], r["b"])]} for r in g.ablation_rows(base, grid)]
+    # a: 1 beats the base; b: "x" only ties the base, so the base value stays
+    assert g.choose_per_key(base, rows, grid) == {"a": 1, "b": "y"}
+
+
 def test_maps_once_then_settings_equal_the_predictor():
     g = _grid_module()
     torch.manual_seed(0)
