@@ -32,19 +32,20 @@ import argparse
 import itertools
 import json
 import time
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from cellsam.data.datamodule import CellSplitDataset
 from cellsam.data.format import open_split
 from cellsam.inference.predictor import cells_to_prediction
 from cellsam.inference.sac_predictor import SACPredictor
-from cellsam.inference.settings import InferenceSettings
+from cellsam.inference.settings import NONE_WORDS, InferenceSettings
 from cellsam.metrics.report import image_record, summarize
 from cellsam.utils.atomic import atomic_write_text
 
@@ -53,26 +54,35 @@ ROW_KEYS = ("f1_50_mean", "deepcell_f1_60", "coco_map", "coco_ap50", "dice", "pr
             "recall_50", "n_pred_cells")
 
 
-def _bool(text: str) -> bool:
-    if text.lower() not in ("true", "false"):
-        raise SystemExit(f"--grid: {text!r} is not true or false")
-    return text.lower() == "true"
+def _typed(key: str, text: str, hint: Any) -> Any:
+    """One `--grid` value as the `InferenceSettings` field's type `hint`: a word the field
+    names, else YAML (as Hydra types an override), checked; "none"/"off" mean None only where
+    None is a value (as in `resolve_settings`)."""
+    allowed = typing.get_args(hint) or (hint,)
+    if text.lower() in NONE_WORDS and type(None) in allowed:
+        return None
+    if str in allowed:
+        return text
+    value = yaml.safe_load(text)
+    if float in allowed and type(value) is int:
+        value = float(value)
+    if not isinstance(value, allowed) or (type(value) is bool and bool not in allowed):
+        names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+        raise SystemExit(f"--grid {key}: {text!r} is not of type {names}")
+    return value
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     """`key=v1,v2` items -> `{key: [typed values]}`, typed as the `InferenceSettings` field."""
-    types = {f.name: f.type for f in fields(InferenceSettings)}
+    hints = typing.get_type_hints(InferenceSettings)
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not values:
             raise SystemExit(f"--grid {item!r}: write key=value1,value2")
-        if key not in types:
+        if key not in hints:
             raise SystemExit(f"--grid {item!r}: unknown inference setting {key!r}")
-        kind = str(types[key])
-        cast = (_bool if "bool" in kind else int if "int" in kind
-                else float if "float" in kind else str)
-        grid[key] = [cast(v) for v in values.split(",")]
+        grid[key] = [_typed(key, v, hints[key]) for v in values.split(",")]
     return grid
 
 

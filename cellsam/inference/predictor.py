@@ -119,9 +119,19 @@ class CellSAMPredictor:
         `meta["inference"]`, the run's `config` block, keyword `overrides` (e.g.
         `box_threshold=0.3`) and `preset`. A stage-1 checkpoint is refused: its SAM neck
         never trained, so it would segment nothing useful."""
-        from cellsam.utils.checkpoint import CheckpointError, load_model
+        from cellsam.utils.checkpoint import load_model
 
         model, meta = load_model(path)
+        return cls.from_loaded(model, meta, path, device, preset, bf16, config, **overrides)
+
+    @classmethod
+    def from_loaded(cls, model, meta: Mapping[str, Any], path: str | Path,
+                    device: str | torch.device | None = "auto", preset: str | None = None,
+                    bf16: bool = False, config: Mapping[str, Any] | None = None,
+                    **overrides: Any) -> CellSAMPredictor:
+        """`from_checkpoint` on what `load_model(path)` returned (the file read once)."""
+        from cellsam.utils.checkpoint import CheckpointError
+
         if meta.get("stage") != "sam":
             raise CheckpointError(
                 f"{path}: a stage-{'1' if meta.get('stage') == 'finder' else '?'} "
@@ -129,7 +139,7 @@ class CellSAMPredictor:
                 "(train stage=sam finder_ckpt=<this file> first)")
         settings = resolve_settings(meta.get("inference"), config, overrides, preset)
         predictor = cls(model, settings, device=device, bf16=bf16)
-        predictor.checkpoint_meta = meta
+        predictor.checkpoint_meta = dict(meta)
         return predictor
 
     def configure(self, **overrides: Any) -> CellSAMPredictor:

@@ -123,9 +123,20 @@ class SACPredictor(CellSAMPredictor):
         (their sha256 must match). `merge`: fold LoRA into the encoder (same outputs within
         float rounding, one matrix product less per attention layer).
         """
-        from cellsam.utils.checkpoint import CheckpointError, load_model
+        from cellsam.utils.checkpoint import load_model
 
         model, meta = load_model(path, base_checkpoint=base_checkpoint)
+        return cls.from_loaded(model, meta, path, device, preset, bf16, config, merge=merge,
+                               **overrides)
+
+    @classmethod
+    def from_loaded(cls, model, meta: Mapping[str, Any], path: str | Path,
+                    device: str | torch.device | None = "auto", preset: str | None = None,
+                    bf16: bool = False, config: Mapping[str, Any] | None = None,
+                    merge: bool = True, **overrides: Any) -> SACPredictor:
+        """`from_checkpoint` on what `load_model(path)` returned (the file read once)."""
+        from cellsam.utils.checkpoint import CheckpointError
+
         if meta.get("stage") != "sac":
             raise CheckpointError(f"{path}: a {meta.get('stage')!r} checkpoint, not SAC "
                                   "(stage=sac); CellSAMPredictor opens CellSAM checkpoints")
@@ -133,7 +144,7 @@ class SACPredictor(CellSAMPredictor):
             merge_lora(model.sam.image_encoder)
         settings = resolve_settings(meta.get("inference"), config, overrides, preset)
         predictor = cls(model, settings, device=device, bf16=bf16)
-        predictor.checkpoint_meta = meta
+        predictor.checkpoint_meta = dict(meta)
         return predictor
 
     def prompts(self, foreground: np.ndarray, centre: np.ndarray | None) -> list[CellPrompt]:
@@ -149,7 +160,7 @@ class SACPredictor(CellSAMPredictor):
         image embeddings `[B, P, h, w]`. Computed once, they serve any number of settings
         (`cells_from_maps`); a prompter that reads images still needs `inputs`."""
         if features is None and inputs is None:
-            raise ValueError("segment_inputs needs model inputs or trunk features")
+            raise ValueError("prompt_inputs needs model inputs or trunk features")
         with torch.inference_mode(), self.autocast():
             x = None if inputs is None else inputs.to(self.device)
             features = self.model.trunk(x) if features is None else features.to(self.device)
@@ -180,14 +191,15 @@ class SACPredictor(CellSAMPredictor):
 
 def predictor_from_checkpoint(path: str | Path, device: str | torch.device | None = "auto",
                               bf16: bool = False, config: Mapping[str, Any] | None = None,
+                              base_checkpoint: str | Path | None = None,
                               **kwargs: Any) -> CellSAMPredictor:
     """`SACPredictor` for a `stage=sac` checkpoint, else `CellSAMPredictor` (which refuses
-    what is not a stage-2 checkpoint)."""
-    from cellsam.utils.checkpoint import read_checkpoint
+    what is not a stage-2 checkpoint). `base_checkpoint`: as `SACPredictor.from_checkpoint`."""
+    from cellsam.utils.checkpoint import load_model
 
-    stage = read_checkpoint(path)["cellsam"].get("stage")
-    cls = SACPredictor if stage == "sac" else CellSAMPredictor
-    return cls.from_checkpoint(path, device=device, bf16=bf16, config=config, **kwargs)
+    model, meta = load_model(path, base_checkpoint=base_checkpoint)
+    cls = SACPredictor if meta.get("stage") == "sac" else CellSAMPredictor
+    return cls.from_loaded(model, meta, path, device=device, bf16=bf16, config=config, **kwargs)
 
 
 __all__ = ["SACPredictor", "decode_point_cells", "point_settings", "predictor_from_checkpoint"]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .matching import Overlaps, compute_overlaps
+
 __all__ = ["ForegroundOverlap", "foreground_overlap"]
 
 
@@ -27,10 +29,16 @@ class ForegroundOverlap:
         return 2.0 * self.inter / self.total if self.total else 1.0
 
 
-def foreground_overlap(y_true: np.ndarray, y_pred: np.ndarray) -> ForegroundOverlap:
-    """Counts of the foregrounds (label > 0) of two label images `[H, W]` of one shape."""
-    t, p = np.asarray(y_true) > 0, np.asarray(y_pred) > 0
-    if t.shape != p.shape:
-        raise ValueError(f"label images differ in shape: {t.shape} vs {p.shape}")
-    return ForegroundOverlap(int(np.count_nonzero(t & p)),
-                             int(np.count_nonzero(t)) + int(np.count_nonzero(p)))
+def foreground_overlap(y_true: np.ndarray, y_pred: np.ndarray,
+                       overlaps: Overlaps | None = None) -> ForegroundOverlap:
+    """Counts of the foregrounds (label > 0) of two label images `[H, W]` of one shape.
+
+    Each pixel where both images are foreground lies in exactly one (true, pred) pair, so
+    |T & P| is the sum of the pair intersections and |T|, |P| the sums of the object areas.
+
+    Args:
+        overlaps: precomputed `compute_overlaps(y_true, y_pred)` to reuse.
+    """
+    ov = compute_overlaps(y_true, y_pred) if overlaps is None else overlaps
+    return ForegroundOverlap(int(ov.intersections.sum()),
+                             int(ov.true_areas.sum()) + int(ov.pred_areas.sum()))

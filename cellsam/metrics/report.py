@@ -100,7 +100,7 @@ def image_record(
     counts = match_counts(y_true, y_pred, DEFAULT_THRESHOLDS, overlaps=ov)
     mc = counts[0]  # IoU 0.5
     dc = deepcell_counts(y_true, y_pred, overlaps=ov)
-    fg = foreground_overlap(y_true, y_pred)
+    fg = foreground_overlap(y_true, y_pred, overlaps=ov)
     rec: dict[str, Any] = {
         "dataset": str(dataset), "index": int(index), "n_true": mc.n_true,
         "n_pred": mc.n_pred, "tp_50": mc.tp, "f1_50": mc.f1, "deepcell": dc.to_vector(),

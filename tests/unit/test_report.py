@@ -80,8 +80,15 @@ def test_foreground_dice_counts_and_shape_check():
     assert (fo.inter, fo.total, fo.dice) == (8, 24 + 16, 16 / 40)
     assert foreground_overlap(paint(), paint()).dice == 1.0
     assert foreground_overlap(t, paint()).dice == 0.0
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(ValueError, match="shape mismatch"):
         foreground_overlap(t, paint(shape=(16, 16)))
+    # from the pairs equals the pixel count, on random label images with touching objects
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.integers(0, 6, (2, 32, 32))
+        fo = foreground_overlap(a, b)
+        assert fo.inter == np.count_nonzero((a > 0) & (b > 0))
+        assert fo.total == np.count_nonzero(a) + np.count_nonzero(b)
 
 
 def test_empty_image_counts_as_zero_and_perfect_prediction_scores_one():

@@ -30,8 +30,16 @@ def test_grid_values_are_typed_as_the_settings():
     assert grid == {"prompt_selection": ["centroid", "max_prob"], "points_per_cell": [1, 3],
                     "prompt_threshold": [0.4, 0.5], "fill_holes": [True, False]}
     assert len(g.grid_rows(grid)) == 16
+    # None only where it is a value; a setting's own word stays a word; ints widen to float
+    assert g.parse_grid(["mask_margin=none,0.5", "prompt_negatives=none,both",
+                         "box_threshold=1"]) == {
+        "mask_margin": [None, 0.5], "prompt_negatives": ["none", "both"], "box_threshold": [1.0]}
+    assert type(g.parse_grid(["box_threshold=1"])["box_threshold"][0]) is float
     for bad, msg in (("threshold=0.5", "unknown"), ("points_per_cell", "key=value"),
-                     ("fill_holes=yes", "true or false")):
+                     ("fill_holes=maybe", "not of type bool"),
+                     ("points_per_cell=1.5", "not of type int"),
+                     ("points_per_cell=true", "not of type int"),
+                     ("prompt_threshold=high", "not of type float")):
         with pytest.raises(SystemExit, match=msg):
             g.parse_grid([bad])
 
