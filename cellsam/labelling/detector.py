@@ -32,8 +32,10 @@ class NoDetector(nn.Module):
                               "cell, load a stage-2 checkpoint")
 
 
-def has_detector(model: CellSAM) -> bool:
-    return not isinstance(model.finder, NoDetector)
+def has_detector(model: nn.Module) -> bool:
+    """Whether the model finds cells by itself: a CellSAM with a trained CellFinder, or a
+    SAC (its prompter proposes the cells)."""
+    return not isinstance(getattr(model, "finder", None), NoDetector)
 
 
 def prompt_only_model(variant: str = "lite_medsam", checkpoint: str | None = "packaged"

@@ -62,8 +62,8 @@ Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
 
 
 class LabellingSession(CellLabels):
-    """Labels of one image, proposed by a `CellSAMPredictor` and corrected by prompts and
-    edits (see module doc; the edits and tables are `CellLabels`').
+    """Labels of one image, proposed by a `CellSAMPredictor` (or a `SACPredictor`) and
+    corrected by prompts and edits (see module doc; the edits and tables are `CellLabels`').
 
     image: what the person opened, any layout `CellSAMPredictor.prepare` takes (with
     `channels` / `channel_axis`); its bytes identify it in a training set. labels: a
@@ -91,10 +91,12 @@ class LabellingSession(CellLabels):
     def from_checkpoint(cls, path: str | Path, image: np.ndarray, device: str | None = "auto",
                         channels: Mapping[str, Any] | None = None, **overrides: Any
                         ) -> LabellingSession:
-        """A session on a stage-2 checkpoint (`CellSAMPredictor.from_checkpoint`; keyword
-        `overrides` set inference settings, e.g. `box_threshold=0.3`)."""
-        return cls(CellSAMPredictor.from_checkpoint(path, device=device, **overrides), image,
-                   channels)
+        """A session on a CellSAM stage-2 or a SAC checkpoint (`predictor_from_checkpoint`:
+        the checkpoint's stage picks the pipeline; keyword `overrides` set inference
+        settings, e.g. `box_threshold=0.3` or SAC's `prompt_threshold=0.6`)."""
+        from cellsam.inference.sac_predictor import predictor_from_checkpoint
+
+        return cls(predictor_from_checkpoint(path, device=device, **overrides), image, channels)
 
     @classmethod
     def prompt_only(cls, image: np.ndarray, variant: str = "lite_medsam",
@@ -168,8 +170,8 @@ class LabellingSession(CellLabels):
         """
         if not self.has_detector:
             raise NoDetectorError("segment_all needs a CellSAM checkpoint with a trained "
-                                  "detector (CellFinder); this session is prompt-only: "
-                                  "use box_prompt / point_prompt")
+                                  "detector (CellFinder) or a SAC checkpoint; this session "
+                                  "is prompt-only: use box_prompt / point_prompt")
         p = self.predictor
         if p.use_tiling(self.shape) or not self.prepared.any():
             pred = p.predict_prepared(self.prepared, progress=progress)
@@ -189,15 +191,16 @@ class LabellingSession(CellLabels):
 
     def _segment_whole(self) -> list[Cell]:
         """Untiled cells; with a shared trunk its features also give the cached embedding,
-        so the prompts after `segment_all` start without another encoder pass."""
+        so the prompts after `segment_all` start without another encoder pass. (A SAC
+        prompter that reads the image takes `inputs`; CellSAM's shared trunk ignores them.)"""
         p = self.predictor
-        if self.model.finder_encoder is not None:
+        if getattr(self.model, "finder_encoder", None) is not None:
             return p.segment_prepared([self.prepared])
         inputs = p.to_input([self.prepared])
         with torch.inference_mode(), p.autocast():
             features = self.model.trunk(inputs)
             self._remember((0, 0, *self.shape), self.model.embed(features))
-        return p.segment_inputs(None, [self.shape], features=features)[0]
+        return p.segment_inputs(inputs, [self.shape], features=features)[0]
 
     # -- prompts -------------------------------------------------------------------------------
     def box_prompt(self, box_xyxy, cell_id: int | None = None) -> PromptResult:

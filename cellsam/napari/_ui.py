@@ -21,10 +21,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-PRETRAINED, CHECKPOINT = "pretrained LiteMedSAM (prompt only)", "stage-2 checkpoint"
+PRETRAINED, CHECKPOINT = "pretrained LiteMedSAM (prompt only)", "checkpoint (CellSAM or SAC)"
 # the spin boxes' ranges: InferenceSettings' checks (a negative IoU threshold keeps all)
-THRESHOLDS = {"box_threshold": (0.0, 1.0), "iou_threshold": (-1.0, 1.0),
-              "mask_threshold": (0.01, 0.99)}
+# box_threshold acts on CellSAM's detector, prompt_threshold on SAC's prompter map; the
+# widget disables the one the loaded pipeline does not read
+THRESHOLDS = {"box_threshold": (0.0, 1.0), "prompt_threshold": (0.01, 0.99),
+              "iou_threshold": (-1.0, 1.0), "mask_threshold": (0.01, 0.99)}
 
 
 def _button(text: str, slot: Callable[[], object]) -> QPushButton:
@@ -166,7 +168,7 @@ class Controls:
         return found[0]
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.parent, "stage-2 checkpoint", "",
+        path, _ = QFileDialog.getOpenFileName(self.parent, "CellSAM stage-2 or SAC checkpoint", "",
                                               "checkpoints (*.ckpt *.pt);;all files (*)")
         if path:
             self.ckpt_path.setText(path)

@@ -23,6 +23,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QLineEdit, QWidget
 
 from cellsam.inference.predictor import CellSAMPredictor
+from cellsam.inference.sac_predictor import SACPredictor, predictor_from_checkpoint
 from cellsam.labelling import LabellingSession, has_detector, prompt_only_predictor
 from cellsam.napari import _layers
 from cellsam.napari._ui import CHECKPOINT, Controls
@@ -91,10 +92,10 @@ class CellSAMWidget(QWidget):
         path = self.ui.ckpt_path.text().strip()
         if self.ui.model_choice.currentText() == CHECKPOINT:
             if not path:
-                return self._say("enter a stage-2 checkpoint path")
+                return self._say("enter a checkpoint path (CellSAM stage 2 or SAC)")
 
             def load():
-                return CellSAMPredictor.from_checkpoint(path, device="auto")
+                return predictor_from_checkpoint(path, device="auto")  # CellSAM or SAC
             label = Path(path).name
         else:
             load, label = prompt_only_predictor, "LiteMedSAM"
@@ -104,8 +105,10 @@ class CellSAMWidget(QWidget):
         """Use `predictor` from now on (a new session on the next operation)."""
         self.predictor = predictor
         self._models += 1
+        unread = "box_threshold" if isinstance(predictor, SACPredictor) else "prompt_threshold"
         for name, box in self.ui.thresholds.items():
             box.setValue(float(getattr(predictor.settings, name)))
+            box.setEnabled(name != unread)
         if not has_detector(predictor.model):
             label += " (prompt only: boxes and clicks)"
         self.ui.model_label.setText(label)
@@ -131,7 +134,7 @@ class CellSAMWidget(QWidget):
             self._key = key
         else:
             self.pull_labels()
-        wanted = {k: box.value() for k, box in self.ui.thresholds.items()}
+        wanted = {k: box.value() for k, box in self.ui.thresholds.items() if box.isEnabled()}
         if any(getattr(self.session.predictor.settings, k) != v for k, v in wanted.items()):
             self.session.configure(**wanted)
         return self.session

@@ -37,6 +37,7 @@ from fake_checkpoints import write_checkpoint  # noqa: E402
 
 from cellsam.labelling import LabellingSession  # noqa: E402
 from cellsam.napari._layers import rectangle_to_box  # noqa: E402
+from cellsam.napari._ui import CHECKPOINT  # noqa: E402
 from cellsam.napari._widget import BOXES, LABELS, POINTS, CellSAMWidget  # noqa: E402
 
 MANIFEST = Path(importlib.import_module("cellsam.napari").__file__).with_name("napari.yaml")
@@ -77,7 +78,7 @@ def open_widget(make_napari_viewer, qtbot, image, ckpt) -> tuple:
     widget.ui.nuclear.setCurrentText("1")
     widget.ui.whole_cell.setCurrentText("2")
     widget.ui.ckpt_path.setText(str(ckpt))
-    widget.ui.model_choice.setCurrentText("stage-2 checkpoint")
+    widget.ui.model_choice.setCurrentText(CHECKPOINT)
     click(qtbot, widget, "Load model")
     return viewer, widget
 
@@ -108,9 +109,12 @@ def test_widget_does_what_the_session_does(make_napari_viewer, qtbot, image, ckp
     from cellsam.data.format import open_split
 
     viewer, widget = open_widget(make_napari_viewer, qtbot, image, ckpt)
-    # the threshold boxes show the checkpoint's settings
+    # the threshold boxes show the checkpoint's settings; SAC's prompt threshold is greyed out
     assert {k: b.value() for k, b in widget.ui.thresholds.items()} == {
-        "box_threshold": 0.0, "iou_threshold": 0.0, "mask_threshold": 0.5}
+        "box_threshold": 0.0, "prompt_threshold": 0.5, "iou_threshold": 0.0,
+        "mask_threshold": 0.5}
+    assert [k for k, b in widget.ui.thresholds.items() if not b.isEnabled()] == [
+        "prompt_threshold"]
     ref = LabellingSession.from_checkpoint(ckpt, image, device="cpu",
                                            channels={"nuclear": 1, "whole_cell": 2})
 
@@ -220,7 +224,8 @@ def test_prompt_only_litemedsam(make_napari_viewer, qtbot, image, ckpt):
     assert "prompt only" in widget.ui.model_label.text()
     # the paper preset's thresholds: a prompt-only model has no checkpoint settings
     assert {k: b.value() for k, b in widget.ui.thresholds.items()} == {
-        "box_threshold": 0.4, "iou_threshold": 0.4, "mask_threshold": 0.5}
+        "box_threshold": 0.4, "prompt_threshold": 0.5, "iou_threshold": 0.4,
+        "mask_threshold": 0.5}
     widget.ui.button("Segment all").click()
     wait(qtbot, widget)
     assert type(widget.last_error).__name__ == "NoDetectorError"
@@ -233,6 +238,40 @@ def test_prompt_only_litemedsam(make_napari_viewer, qtbot, image, ckpt):
                                        channels={"nuclear": 1, "whole_cell": 2})
     r = ref.box_prompt(rectangle_to_box(rect))
     assert r.cell_id == 1
+    np.testing.assert_array_equal(viewer.layers[LABELS].data, ref.labels)
+
+
+def test_sac_checkpoint_proposes_cells_and_takes_prompts(make_napari_viewer, qtbot, image,
+                                                         tmp_path):
+    """A SAC checkpoint: its prompter proposes the cells, the box threshold (CellFinder's) is
+    greyed out and the prompt threshold acts; Segment all and a box prompt give what the
+    plain-Python session gives."""
+    sac = write_checkpoint(tmp_path / "sac.ckpt", stage="sac",
+                           inference={"iou_threshold": -1.0, "min_area": 4})
+    viewer, widget = open_widget(make_napari_viewer, qtbot, image, sac)
+    boxes = widget.ui.thresholds
+    assert not boxes["box_threshold"].isEnabled() and boxes["prompt_threshold"].isEnabled()
+    assert "prompt only" not in widget.ui.model_label.text()
+    ref = LabellingSession.from_checkpoint(sac, image, device="cpu",
+                                           channels={"nuclear": 1, "whole_cell": 2})
+    # a random prompter's map is low everywhere: threshold it at its 85th percentile
+    fg, _, _ = ref.predictor.prompt_inputs(ref.predictor.to_input([ref.prepared]))
+    threshold = round(float(np.quantile(fg, 0.85)), 3)
+    boxes["prompt_threshold"].setValue(threshold)
+    ref.configure(prompt_threshold=threshold)
+
+    click(qtbot, widget, "Segment all")
+    pred = ref.segment_all()
+    assert pred.num_cells >= 2
+    np.testing.assert_array_equal(viewer.layers[LABELS].data, ref.labels)
+    assert widget.session.predictor.settings.prompt_threshold == threshold
+
+    widget.ui.button("Box prompt").click()  # makes the rectangles layer
+    rect = np.array([[60, 60], [60, 120], [110, 120], [110, 60]], float)
+    viewer.layers[BOXES].add_rectangles(rect)
+    click(qtbot, widget, "Box prompt")
+    r = ref.box_prompt(rectangle_to_box(rect))
+    assert r.cell_id == pred.num_cells + 1
     np.testing.assert_array_equal(viewer.layers[LABELS].data, ref.labels)
 
 

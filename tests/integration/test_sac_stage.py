@@ -179,6 +179,12 @@ def test_sac_predictor_predict_and_eval(trained, short_run, tmp_path):
     assert merged_result.num_cells > 0 and merged_result.labels.shape == image.shape[-2:]
     # merged LoRA: the same cells (logits equal within float rounding)
     assert np.mean(merged_result.labels == plain_result.labels) > 0.999
+    # the labelling loop opens the same checkpoint and proposes the predictor's cells
+    from cellsam.labelling import LabellingSession
+
+    session = LabellingSession.from_checkpoint(last, image, device="cpu", **open_settings)
+    assert session.has_detector
+    np.testing.assert_array_equal(session.segment_all().labels, merged_result.labels)
     # tiling goes through the same segment_inputs
     tiled = predictor.configure(tile_size=256, tile_overlap=0.25).predict(image, tiling=True)
     assert tiled.labels.shape == image.shape[-2:]
