@@ -24,3 +24,13 @@ timed test python experiments/sac_prompt_grid.py --ckpt "$CKPT" --data "$DATA" -
 for name in decoder_only no_prompts rank16; do
   timed "train_$name" python train.py "experiment=dsb_lite_sac_$name" trainer.max_epochs=1
 done
+# and their whole pipeline on the first 32 val tiles, with the main run's val-chosen prompt
+# settings at two thresholds (the README's pipeline columns)
+for name in main decoder_only no_prompts rank16; do
+  ckpt=$OUT/$name/checkpoints/last.ckpt
+  [ "$name" = main ] && ckpt=$OUT/main/checkpoints/epoch000.ckpt
+  timed "pipeline_val_$name" python experiments/sac_prompt_grid.py --ckpt "$ckpt" \
+    --data "$DATA" --split val --max-images 32 --out "$OUT/ablation_$name.json" \
+    --grid prompt_selection=max_prob prompt_negatives=both points_per_cell=1 \
+    prompt_threshold=0.5,0.6
+done
