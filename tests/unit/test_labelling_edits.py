@@ -1,4 +1,5 @@
-"""Label-image edits of the labelling loop: delete, merge, renumber, paint (hand-computed)."""
+"""Label-image edits of the labelling loop: delete, merge, renumber, paint (hand-computed),
+and `CellLabels`, which keeps the per-cell records in step with them."""
 
 from __future__ import annotations
 
@@ -76,3 +77,43 @@ def test_next_id_and_areas():
     assert edits.cell_areas(LABELS) == {1: 3, 4: 2, 7: 3, 9: 3}
     with pytest.raises(ValueError, match="integer label image"):
         edits.next_id(np.zeros((2, 2), np.float32))
+
+
+def test_cell_labels_keep_their_records_consistent():
+    """`CellLabels` (no model): every edit keeps labels, per-cell records, prompt states and
+    the selection in step."""
+    from cellsam.labelling import CellInfo, CellLabels
+
+    book = CellLabels(LABELS.shape, LABELS)
+    assert book.labels.dtype == np.int32 and sorted(book.cells) == [1, 4, 7, 9]
+    assert all(c.origin == "labels" for c in book.cells.values())
+    book.cells[4] = CellInfo(score=0.9, origin="segment_all")
+    book.cells[9] = CellInfo(score=0.6, origin="segment_all")
+    book._prompts[9] = "state of 9"
+    book.select(9)
+    assert book.cell_at(4.2, 2.4) == 9 and book.cell_at(2.0, 3.0) is None
+    assert book.cell_at(-1, 0) is None
+    # merging 4 into 9: one record, the best score, origin merge, the prompt state dropped
+    assert book.merge([9, 4], into=4) == 4 and book.selected == 4
+    assert sorted(book.cells) == [1, 4, 7] and book.cells[4].score == 0.9
+    assert book.cells[4].origin == "merge" and 9 not in book._prompts
+    assert np.count_nonzero(book.labels == 4) == 2 + 3
+    book.delete(1)
+    assert sorted(book.cells) == [4, 7] and not (book.labels == 1).any()
+    assert book.renumber() == {4: 1, 7: 2}
+    assert sorted(book.cells) == [1, 2] and book.cells[1].origin == "merge"
+    assert book.selected == 1
+    # labels painted elsewhere: a new id gets a record, a gone one loses its own
+    painted = book.labels.copy()
+    painted[painted == 2] = 0
+    painted[3, 2] = 5
+    book.set_labels(painted)
+    assert sorted(book.cells) == [1, 5] and book.cells[5].origin == "labels"
+    with pytest.raises(KeyError, match="cell 2"):
+        book.select(2)
+    with pytest.raises(ValueError, match="integers of shape"):
+        book.set_labels(np.zeros((2, 2), np.int32))
+    feats = book.features()
+    assert feats["index"].tolist() == [1, 5] and feats["area"].tolist() == [5, 1]
+    pred = book.to_prediction()
+    assert pred.num_cells == 2 and pred.labels.max() == 2
