@@ -21,7 +21,7 @@ timed test python experiments/sac_prompt_grid.py --ckpt "$CKPT" --data "$DATA" -
 [ "${1:-}" = ablations ] || exit 0
 # Training ablations, 100 steps each, against the main run's first 100 steps (epoch000.ckpt):
 # compare their val/all/mask_iou and val/all/fg_dice (csv/metrics.csv) after step 100.
-for name in decoder_only no_prompts rank16; do
+for name in decoder_only no_prompts rank16 no_negatives amplified; do
   timed "train_$name" python train.py "experiment=dsb_lite_sac_$name" trainer.max_epochs=1
 done
 # and their whole pipeline on the first 32 val tiles, with the main run's val-chosen prompt
@@ -34,3 +34,12 @@ for name in main decoder_only no_prompts rank16; do
     --grid prompt_selection=max_prob prompt_negatives=both points_per_cell=1 \
     prompt_threshold=0.5,0.6
 done
+# the two that change the prompts keep their own at inference
+timed pipeline_val_no_negatives python experiments/sac_prompt_grid.py \
+  --ckpt "$OUT/no_negatives/checkpoints/last.ckpt" --data "$DATA" --split val --max-images 32 \
+  --out "$OUT/ablation_no_negatives.json" --grid prompt_selection=max_prob \
+  prompt_negatives=none points_per_cell=1 prompt_threshold=0.5,0.6
+timed pipeline_val_amplified python experiments/sac_prompt_grid.py \
+  --ckpt "$OUT/amplified/checkpoints/last.ckpt" --data "$DATA" --split val --max-images 32 \
+  --out "$OUT/ablation_amplified.json" --grid prompt_selection=max_prob \
+  prompt_negatives=both points_per_cell=3 prompt_threshold=0.5,0.6
