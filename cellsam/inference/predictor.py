@@ -130,6 +130,15 @@ class CellSAMPredictor:
                     bf16: bool = False, config: Mapping[str, Any] | None = None,
                     **overrides: Any) -> CellSAMPredictor:
         """`from_checkpoint` on what `load_model(path)` returned (the file read once)."""
+        cls.check_stage(meta, path)
+        settings = resolve_settings(meta.get("inference"), config, overrides, preset)
+        predictor = cls(model, settings, device=device, bf16=bf16)
+        predictor.checkpoint_meta = dict(meta)
+        return predictor
+
+    @staticmethod
+    def check_stage(meta: Mapping[str, Any], path: str | Path) -> None:
+        """Refuse a checkpoint this pipeline cannot predict with."""
         from cellsam.utils.checkpoint import CheckpointError
 
         if meta.get("stage") != "sam":
@@ -137,10 +146,6 @@ class CellSAMPredictor:
                 f"{path}: a stage-{'1' if meta.get('stage') == 'finder' else '?'} "
                 f"({meta.get('stage')!r}) checkpoint; prediction needs a stage-2 checkpoint "
                 "(train stage=sam finder_ckpt=<this file> first)")
-        settings = resolve_settings(meta.get("inference"), config, overrides, preset)
-        predictor = cls(model, settings, device=device, bf16=bf16)
-        predictor.checkpoint_meta = dict(meta)
-        return predictor
 
     def configure(self, **overrides: Any) -> CellSAMPredictor:
         """A predictor of the same kind sharing this model with some settings changed."""

@@ -28,7 +28,7 @@ from torch import Tensor
 from cellsam.inference.decode import LowRes, box_windows, grown_boxes, upsample_windows
 from cellsam.inference.postprocess import Cell, postprocess_cells
 from cellsam.inference.predictor import CellSAMPredictor
-from cellsam.inference.settings import InferenceSettings, resolve_settings
+from cellsam.inference.settings import InferenceSettings
 from cellsam.models.lora import merge_lora
 from cellsam.models.sac import SAC
 
@@ -135,17 +135,19 @@ class SACPredictor(CellSAMPredictor):
                     bf16: bool = False, config: Mapping[str, Any] | None = None,
                     merge: bool = True, **overrides: Any) -> SACPredictor:
         """`from_checkpoint` on what `load_model(path)` returned (the file read once)."""
+        cls.check_stage(meta, path)
+        if merge and model.has_lora:
+            merge_lora(model.sam.image_encoder)
+        return super().from_loaded(model, meta, path, device, preset, bf16, config,
+                                   **overrides)
+
+    @staticmethod
+    def check_stage(meta: Mapping[str, Any], path: str | Path) -> None:
         from cellsam.utils.checkpoint import CheckpointError
 
         if meta.get("stage") != "sac":
             raise CheckpointError(f"{path}: a {meta.get('stage')!r} checkpoint, not SAC "
                                   "(stage=sac); CellSAMPredictor opens CellSAM checkpoints")
-        if merge and model.has_lora:
-            merge_lora(model.sam.image_encoder)
-        settings = resolve_settings(meta.get("inference"), config, overrides, preset)
-        predictor = cls(model, settings, device=device, bf16=bf16)
-        predictor.checkpoint_meta = dict(meta)
-        return predictor
 
     def prompts(self, foreground: np.ndarray, centre: np.ndarray | None) -> list[CellPrompt]:
         """Point prompts (model-input pixels) of one image's probability maps `[S, S]`."""

@@ -80,11 +80,10 @@ class LabellingSession(CellLabels):
         self.image = np.asarray(image)
         self.channels, self.channel_axis = channels, channel_axis
         self.prepared = predictor.prepare(self.image, channels, channel_axis)  # [3, H, W]
-        self.shape: tuple[int, int] = tuple(int(v) for v in self.prepared.shape[-2:])
         self.overwrite = overwrite
         self.max_windows = max(1, int(max_windows))
         self._embeddings: OrderedDict[Window, Tensor] = OrderedDict()
-        super().__init__(self.shape, labels)
+        super().__init__(self.prepared.shape[-2:], labels)  # sets shape, labels, cells
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

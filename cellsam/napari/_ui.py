@@ -21,6 +21,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from cellsam.inference.settings import InferenceSettings
+
 PRETRAINED, CHECKPOINT = "pretrained LiteMedSAM (prompt only)", "checkpoint (CellSAM or SAC)"
 # the spin boxes' ranges: InferenceSettings' checks (a negative IoU threshold keeps all)
 # box_threshold acts on CellSAM's detector, prompt_threshold on SAC's prompter map; the
@@ -166,6 +168,17 @@ class Controls:
         if len(found) != 1:
             raise KeyError(f"{len(found)} buttons start with {text!r}")
         return found[0]
+
+    def show_settings(self, settings: InferenceSettings, unread: str) -> None:
+        """The threshold boxes show `settings`; the box named `unread` (a threshold the
+        loaded pipeline does not read) is greyed out."""
+        for name, box in self.thresholds.items():
+            box.setValue(float(getattr(settings, name)))
+            box.setEnabled(name != unread)
+
+    def threshold_values(self) -> dict[str, float]:
+        """The values of the boxes that are not greyed out."""
+        return {k: box.value() for k, box in self.thresholds.items() if box.isEnabled()}
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self.parent, "CellSAM stage-2 or SAC checkpoint", "",

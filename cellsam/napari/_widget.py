@@ -105,10 +105,8 @@ class CellSAMWidget(QWidget):
         """Use `predictor` from now on (a new session on the next operation)."""
         self.predictor = predictor
         self._models += 1
-        unread = "box_threshold" if isinstance(predictor, SACPredictor) else "prompt_threshold"
-        for name, box in self.ui.thresholds.items():
-            box.setValue(float(getattr(predictor.settings, name)))
-            box.setEnabled(name != unread)
+        self.ui.show_settings(predictor.settings, "box_threshold" if isinstance(
+            predictor, SACPredictor) else "prompt_threshold")
         if not has_detector(predictor.model):
             label += " (prompt only: boxes and clicks)"
         self.ui.model_label.setText(label)
@@ -134,7 +132,7 @@ class CellSAMWidget(QWidget):
             self._key = key
         else:
             self.pull_labels()
-        wanted = {k: box.value() for k, box in self.ui.thresholds.items() if box.isEnabled()}
+        wanted = self.ui.threshold_values()
         if any(getattr(self.session.predictor.settings, k) != v for k, v in wanted.items()):
             self.session.configure(**wanted)
         return self.session
